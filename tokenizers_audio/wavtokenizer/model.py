@@ -1,0 +1,329 @@
+"""WavTokenizer (Ji et al., ICLR 2025): one 4096-code VQ over a SEANet encoder, decoded by a Vocos backbone.
+
+Paper: https://arxiv.org/abs/2408.16532 - official code: https://github.com/jishengpeng/WavTokenizer
+
+What this implementation adds to the official inference code:
+* any input: `(T)`, `(B, T)`, `(B, C, T)` or a list of clips of different lengths, at any sample rate
+  (downmixed and resampled to 24 kHz, and back on decode);
+* true batching: per-item lengths are carried through every layer (see `modules`), so each item's codes equal the
+  codes of that clip encoded alone;
+* long audio: above `config.chunk_seconds` the clip is processed in overlapping chunks (batched), so time and memory
+  grow linearly instead of quadratically with the attention; chunks are cross-faded on decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from vector_quantize_pytorch import VectorQuantize
+
+from zoo import io as zio
+from zoo.api import AudioTokenizer, Tokens, as_audio_batch, check_codes
+from zoo.registry import register_architecture
+
+from .modules import ISTFTHead, SEANetEncoder, VocosBackbone, length_mask
+
+
+@dataclass
+class WavTokenizerConfig:
+    """Hyperparameters. Field names follow the official yaml where one exists (``dowmsamples`` -> `downsamples`).
+
+    Attributes:
+        downsamples: the yaml's ``dowmsamples``; the encoder applies them in reverse order. Their product is the hop.
+        n_filters, dimension, lstm_layers: SEANet encoder width, latent/codebook dimension, LSTM depth.
+        codebook_size: entries of the single VQ codebook.
+        backbone_dim, intermediate_dim, num_layers, num_bandwidths, layer_scale_init: the Vocos backbone.
+        n_fft, hop_length: the ISTFT head (win = n_fft, "same" padding).
+        chunk_seconds, context_seconds: clips longer than `chunk_seconds` are processed in chunks of that length
+            with `context_seconds` of overlap on each side.
+        commitment_weight, kmeans_iters, ema_decay, dead_code_threshold: training of the VQ (official settings).
+    """
+
+    architecture: str = "wavtokenizer"
+    sample_rate: int = 24000
+    downsamples: Sequence[int] = (8, 5, 4, 2)
+    n_filters: int = 32
+    dimension: int = 512
+    lstm_layers: int = 2
+    codebook_size: int = 4096
+    backbone_dim: int = 768
+    intermediate_dim: int = 2304
+    num_layers: int = 12
+    num_bandwidths: int = 4
+    layer_scale_init: float | None = None
+    n_fft: int = 1280
+    hop_length: int = 320
+    chunk_seconds: float = 30.0
+    context_seconds: float = 1.0
+    commitment_weight: float = 1000.0
+    kmeans_iters: int = 200
+    ema_decay: float = 0.99
+    dead_code_threshold: int = 2
+
+    def __post_init__(self):
+        self.downsamples = tuple(int(d) for d in self.downsamples)
+        if math.prod(self.downsamples) != self.hop_length:
+            raise ValueError(f"hop_length {self.hop_length} must equal the product of downsamples {self.downsamples}")
+        if self.chunk_seconds <= 2 * self.context_seconds:
+            raise ValueError("chunk_seconds must be more than twice context_seconds")
+
+
+@register_architecture("wavtokenizer")
+class WavTokenizer(AudioTokenizer):
+    """Audio in, one stream of codes out: codes ``(B, 1, ceil(T_24k / hop))``, 40 or 75 tokens per second."""
+
+    config_class = WavTokenizerConfig
+
+    def __init__(self, config: WavTokenizerConfig):
+        super().__init__(config)
+        c = config
+        self.sample_rate, self.hop_length = c.sample_rate, c.hop_length
+        self.encoder = SEANetEncoder(list(reversed(c.downsamples)), c.n_filters, c.dimension, c.lstm_layers)
+        # The codebook (EMA, k-means init, dead-code restart, commitment loss) is vector-quantize-pytorch's.
+        self.quantizer = VectorQuantize(
+            dim=c.dimension, codebook_size=c.codebook_size, decay=c.ema_decay, eps=1e-5, kmeans_init=True,
+            kmeans_iters=c.kmeans_iters, threshold_ema_dead_code=c.dead_code_threshold,
+            commitment_weight=c.commitment_weight, rotation_trick=False, sync_codebook=False,
+        )
+        self.backbone = VocosBackbone(c.dimension, c.backbone_dim, c.intermediate_dim, c.num_layers,
+                                      c.num_bandwidths, c.layer_scale_init)
+        self.head = ISTFTHead(c.backbone_dim, c.n_fft, c.hop_length)
+
+    # --- facts ---------------------------------------------------------------------------------------------------
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """``(K, D)`` codebook vectors."""
+        return self.quantizer._codebook.embed[0]
+
+    def cast(self, device=None, dtype=None) -> "WavTokenizer":
+        """Move; with a float `dtype` the encoder and decoder are cast but the codebook stays float32."""
+        self.to(device=device)
+        if dtype is not None:
+            for module in (self.encoder, self.backbone, self.head):
+                module.to(dtype=dtype)
+            self.head.window.data = self.head.window.data.float()
+        return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.head.out.weight.dtype
+
+    # --- official-equivalent building blocks (batched; `lengths` in samples or frames, None = all full) -----------
+    def encode_latent(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
+        """``(B, T)`` 24 kHz waveform -> continuous latent ``(B, D, F)`` and per-item frame counts (or None)."""
+        with parametrize.cached():  # weight norm computed once per call, not once per use
+            return self.encoder(wav[:, None].to(self.compute_dtype), lengths)
+
+    def quantize(self, latent: torch.Tensor) -> torch.Tensor:
+        """Nearest codeword per frame: ``(B, D, F)`` -> codes ``(B, F)``.
+
+        The squared distance is expanded exactly as in the official code, ``-(|x|^2 - 2 x.E^T + |E|^2)`` in float32,
+        so that near-ties resolve identically (vector-quantize-pytorch orders the terms differently and takes a
+        square root; its codebook buffers are used, its distance is not, at inference).
+        """
+        batch, dim, frames = latent.shape
+        x = latent.transpose(1, 2).reshape(-1, dim).float()
+        embed = self.codebook.float()
+        dist = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(1)[None])
+        return dist.max(dim=-1).indices.view(batch, frames)
+
+    def codes_to_features(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, F)`` -> codebook vectors ``(B, D, F)`` (the decoder input)."""
+        return F.embedding(codes, self.codebook).transpose(1, 2)
+
+    def decode_features(self, features: torch.Tensor, frame_lengths: torch.Tensor | None = None,
+                        bandwidth_id: int = 0) -> torch.Tensor:
+        """Features ``(B, D, F)`` -> waveform ``(B, F * hop)`` at 24 kHz (not trimmed, as in the official code)."""
+        mask = None if frame_lengths is None else length_mask(frame_lengths, features.shape[-1])
+        bw = torch.tensor([bandwidth_id], device=features.device)
+        hidden = self.backbone(features.to(self.compute_dtype), bw, mask)
+        return self.head(hidden, mask)
+
+    # --- training --------------------------------------------------------------------------------------------------
+    def forward(self, wav: torch.Tensor, bandwidth_id: int = 0):
+        """Training pass on equal-length 24 kHz crops ``(B, T)``: returns (reconstruction, codes, commitment loss).
+
+        In training mode the codebook follows the official recipe: k-means init on the first batch, EMA updates,
+        dead-code restart, straight-through gradients, commitment MSE weighted by `commitment_weight`.
+        """
+        latent, _ = self.encoder(wav[:, None])  # (B, D, F)
+        quantized, codes, commit_loss = self.quantizer(latent.transpose(1, 2))  # (B, F, D), (B, F), ()
+        bw = torch.tensor([bandwidth_id], device=wav.device)
+        audio = self.head(self.backbone(quantized.transpose(1, 2), bw))
+        return audio, codes, commit_loss
+
+    # --- public API ------------------------------------------------------------------------------------------------
+    def _prepare(self, audio, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Any accepted input -> zero-padded mono 24 kHz batch ``(B, T)``, per-item lengths, original lengths."""
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive int (the input's rate in Hz), got {sample_rate!r}")
+        clips = list(audio) if isinstance(audio, (list, tuple)) else None
+        if clips is not None:
+            if not clips:
+                raise ValueError("audio: got an empty list of clips")
+            items = []
+            for i, clip in enumerate(clips):
+                clip = as_audio_batch(clip, f"audio[{i}]")
+                if clip.shape[0] != 1:
+                    raise ValueError(f"audio[{i}]: each list item is one clip, (T) or (C, T); got {tuple(clip.shape)}")
+                items.append(clip[0])
+        else:
+            batch = as_audio_batch(audio)
+            items = list(batch)
+        device = self.codebook.device
+        original = [item.shape[-1] for item in items]
+        mono = [zio.resample(zio.to_mono(item[None].to(device).float()), sample_rate, self.sample_rate)[0]
+                for item in items]
+        lengths = torch.tensor([m.shape[-1] for m in mono], device=device)
+        wav = torch.zeros(len(mono), int(lengths.max()), device=device)
+        for i, m in enumerate(mono):
+            wav[i, : m.shape[-1]] = m
+        return wav, lengths, original
+
+    @torch.inference_mode()
+    def encode(self, audio, *, sample_rate: int, chunked: bool | None = None) -> Tokens:
+        """Waveform(s) -> `Tokens` with codes ``(B, 1, F)``, per-item frame `lengths` and the input facts.
+
+        Args:
+            audio: float in [-1, 1]: ``(T)``, ``(B, T)``, ``(B, C, T)`` or a list of ``(T)`` / ``(C, T)`` clips.
+            sample_rate: the input's sample rate (resampled to 24 kHz; channels are averaged).
+            chunked: force chunked (True) or whole-clip (False) processing; default: chunked above
+                `config.chunk_seconds`.
+        """
+        wav, lengths, original = self._prepare(audio, sample_rate)
+        if chunked is None:
+            chunked = wav.shape[-1] > self.config.chunk_seconds * self.sample_rate
+        codes = self._encode_chunked(wav, lengths) if chunked else self._encode(wav, lengths)
+        frames = -(-lengths // self.hop_length)
+        meta = {"sample_rate": sample_rate, "num_samples": original, "model_sample_rate": self.sample_rate,
+                "hop_length": self.hop_length}
+        return Tokens(codes[:, None], frames, meta)
+
+    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        uniform = bool((lengths == wav.shape[-1]).all())
+        latent, _ = self.encode_latent(wav, None if uniform else lengths)
+        codes = self.quantize(latent)
+        frames = -(-lengths // self.hop_length)
+        return codes * length_mask(frames, codes.shape[-1])[:, 0].long()  # zeros past each item's end
+
+    def _chunk_plan(self, total_frames: int) -> list[tuple[int, int, int, int]]:
+        """(window start, window end, core start, core end) in frames, covering [0, total_frames)."""
+        rate = self.sample_rate / self.hop_length
+        core = max(1, int(self.config.chunk_seconds * rate) - 2 * int(self.config.context_seconds * rate))
+        context = int(self.config.context_seconds * rate)
+        plan = []
+        for start in range(0, total_frames, core):
+            end = min(start + core, total_frames)
+            plan.append((max(0, start - context), min(total_frames, end + context), start, end))
+        return plan
+
+    def _encode_chunked(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Each item in overlapping windows (batched together); the core frames of each window are kept."""
+        hop = self.hop_length
+        frames = -(-lengths // hop)
+        codes = torch.zeros(wav.shape[0], int(frames.max()), dtype=torch.long, device=wav.device)
+        for b in range(wav.shape[0]):
+            plan = self._chunk_plan(int(frames[b]))
+            n = int(lengths[b])
+            windows = [wav[b, ws * hop: min(we * hop, n)] for ws, we, _, _ in plan]
+            win_lengths = torch.tensor([w.shape[-1] for w in windows], device=wav.device)
+            batch = torch.zeros(len(windows), int(win_lengths.max()), device=wav.device)
+            for i, w in enumerate(windows):
+                batch[i, : w.shape[-1]] = w
+            for i, chunk_codes in enumerate(self._encode_in_groups(batch, win_lengths)):
+                ws, _, cs, ce = plan[i]
+                codes[b, cs:ce] = chunk_codes[cs - ws: ce - ws]
+        return codes
+
+    def _encode_in_groups(self, batch: torch.Tensor, lengths: torch.Tensor, group: int = 8):
+        for start in range(0, batch.shape[0], group):
+            yield from self._encode(batch[start: start + group], lengths[start: start + group])
+
+    @torch.inference_mode()
+    def decode(self, tokens: Tokens | torch.Tensor, *, sample_rate: int | None = None, bandwidth_id: int = 0,
+               chunked: bool | None = None) -> torch.Tensor:
+        """`Tokens` (or codes ``(B, 1, F)`` / ``(B, F)``) -> waveform ``(B, T)``, zero-padded past each item's end.
+
+        With `Tokens` from `encode`, the audio comes back at the input's sample rate and length. With raw codes it
+        is 24 kHz and ``F * hop`` samples long (or `sample_rate` if given). `decode_list` gives unpadded clips.
+        """
+        codes, frames, out_rate, num_samples = self._unpack(tokens, sample_rate)
+        if chunked is None:
+            chunked = codes.shape[-1] * self.hop_length > self.config.chunk_seconds * self.sample_rate
+        audio = self._decode_chunked(codes, frames, bandwidth_id) if chunked else self._decode(codes, frames, bandwidth_id)
+        audio = audio.float()
+        if out_rate != self.sample_rate:
+            audio = zio.resample(audio, self.sample_rate, out_rate)
+        if num_samples is None:
+            num_samples = [zio.resampled_length(int(f) * self.hop_length, self.sample_rate, out_rate) for f in frames]
+        out = torch.zeros(audio.shape[0], max(num_samples), device=audio.device)
+        for i, n in enumerate(num_samples):
+            n = min(n, audio.shape[-1])
+            out[i, :n] = audio[i, :n]
+        return out
+
+    def decode_list(self, tokens: Tokens | torch.Tensor, **kwargs) -> list[torch.Tensor]:
+        """Like `decode`, but one unpadded ``(T_i)`` waveform per item."""
+        audio = self.decode(tokens, **kwargs)
+        _, frames, out_rate, num_samples = self._unpack(tokens, kwargs.get("sample_rate"))
+        if num_samples is None:
+            num_samples = [zio.resampled_length(int(f) * self.hop_length, self.sample_rate, out_rate) for f in frames]
+        return [audio[i, :n] for i, n in enumerate(num_samples)]
+
+    def _unpack(self, tokens: Tokens | torch.Tensor, sample_rate: int | None):
+        if isinstance(tokens, Tokens):
+            codes, frames, meta = tokens.codes, tokens.lengths, tokens.meta
+        else:
+            codes, frames, meta = tokens, None, {}
+        if isinstance(codes, torch.Tensor) and codes.ndim == 2:
+            codes = codes[:, None]
+        codes = check_codes(codes, self.codebook_size, ndim=3, what="codes (B, 1, T)")
+        if codes.shape[1] != 1:
+            raise ValueError(f"codes: WavTokenizer has one codebook, expected (B, 1, T), got {tuple(codes.shape)}")
+        codes = codes[:, 0].to(self.codebook.device)
+        if frames is None:
+            frames = torch.full((codes.shape[0],), codes.shape[-1], device=codes.device)
+        frames = frames.to(codes.device).long()
+        if frames.shape != (codes.shape[0],) or int(frames.min()) < 1 or int(frames.max()) > codes.shape[-1]:
+            raise ValueError(f"lengths: expected (B,) values in [1, {codes.shape[-1]}], got {frames.tolist()}")
+        out_rate = sample_rate or meta.get("sample_rate") or self.sample_rate
+        num_samples = meta.get("num_samples") if sample_rate in (None, meta.get("sample_rate")) else None
+        return codes, frames, out_rate, num_samples
+
+    def _decode(self, codes: torch.Tensor, frames: torch.Tensor, bandwidth_id: int) -> torch.Tensor:
+        uniform = bool((frames == codes.shape[-1]).all())
+        return self.decode_features(self.codes_to_features(codes), None if uniform else frames, bandwidth_id)
+
+    def _decode_chunked(self, codes: torch.Tensor, frames: torch.Tensor, bandwidth_id: int,
+                        group: int = 8) -> torch.Tensor:
+        """Overlapping windows decoded as batches; neighbours cross-fade linearly over the middle of the overlap."""
+        hop = self.hop_length
+        audio = torch.zeros(codes.shape[0], codes.shape[-1] * hop, device=codes.device)
+        ramp = max(1, int(self.config.context_seconds * self.sample_rate / hop) * hop // 2)
+        for b in range(codes.shape[0]):
+            plan = self._chunk_plan(int(frames[b]))
+            for g in range(0, len(plan), group):
+                part = plan[g: g + group]
+                lengths = torch.tensor([we - ws for ws, we, _, _ in part], device=codes.device)
+                batch = torch.zeros(len(part), int(lengths.max()), dtype=torch.long, device=codes.device)
+                for i, (ws, we, _, _) in enumerate(part):
+                    batch[i, : we - ws] = codes[b, ws:we]
+                decoded = self._decode(batch, lengths, bandwidth_id).float()
+                for i, (ws, we, cs, ce) in enumerate(part):
+                    t = torch.arange(ws * hop, we * hop, device=codes.device, dtype=torch.float32)
+                    weight = torch.ones_like(t)
+                    if cs > 0:  # fade in around the core start
+                        weight = weight * ((t - (cs * hop - ramp)) / (2 * ramp)).clamp(0, 1)
+                    if ce < int(frames[b]):  # fade out around the core end
+                        weight = weight * (((ce * hop + ramp) - t) / (2 * ramp)).clamp(0, 1)
+                    audio[b, ws * hop: we * hop] += weight * decoded[i, : (we - ws) * hop]
+        return audio

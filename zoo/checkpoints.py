@@ -1,0 +1,144 @@
+"""Safe state-dict reading and strict loading.
+
+* safetensors first; a pickle (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) only through ``torch.load(weights_only=True)``,
+  which refuses anything but tensors and plain containers.
+* Every failure names the file and says what is wrong: truncated or corrupt bytes, a sha256 mismatch, missing or
+  unexpected keys, shape mismatches.
+* Writes are atomic: a file is written next to its destination and renamed into place, so an interrupted save
+  never leaves a partial file where a good one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class CheckpointError(RuntimeError):
+    """A weight file that cannot be used; the message names the file and the problem."""
+
+
+def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors file or a tensors-only pickle.
+
+    Args:
+        path: the weight file.
+        sha256: if given, the file's bytes must hash to it.
+
+    Returns:
+        The flat ``{key: tensor}`` mapping as stored (for Lightning-style pickles: the whole top-level dict; use
+        `unwrap_state_dict` to reach the weights).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: weight file is empty (0 bytes); the download or copy was interrupted")
+    if sha256 is not None:
+        actual = sha256_of(path)
+        if actual != sha256.lower():
+            raise CheckpointError(
+                f"{path}: sha256 mismatch: expected {sha256.lower()}, file has {actual}. "
+                "The file is corrupt or a different version; delete it and download again."
+            )
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({err}); it is truncated or corrupt"
+            ) from err
+    if path.suffix in PICKLE_SUFFIXES:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling raises many types: report all of them the same clear way
+            raise CheckpointError(
+                f"{path}: cannot read as a tensors-only pickle with torch.load(weights_only=True) ({err}). "
+                "The file is truncated or corrupt, or holds objects other than tensors (refused for safety)."
+            ) from err
+    raise CheckpointError(
+        f"{path}: unknown weight format {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}"
+    )
+
+
+def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
+    """Reach the weights in a Lightning / training checkpoint (``state_dict`` or ``model`` entry)."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str,
+              filter_fn: Callable[[dict, torch.nn.Module], dict] | None = None) -> torch.nn.Module:
+    """Strictly load `state_dict` (optionally converted by `filter_fn`) into `model`.
+
+    Every key must be present with the right shape; nothing may be left over. `source` names the file in errors.
+    """
+    if filter_fn is not None:
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except (KeyError, ValueError, AssertionError) as err:
+            raise CheckpointError(f"{source}: cannot convert this checkpoint: {err}") from err
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:5])})")
+    if problems:
+        raise CheckpointError(
+            f"{source}: weights do not match the model architecture: " + "; ".join(problems)
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                    metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (contiguous, detached, CPU copies of the tensors)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)

@@ -1,0 +1,125 @@
+"""Images and audio in and out: Pillow for images, soundfile for audio, torchaudio for resampling.
+
+All writers are atomic (temporary file, then rename), so an interrupted run never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from PIL import Image
+
+from .checkpoints import atomic_path
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+# --- audio -------------------------------------------------------------------------------------------------------
+
+
+def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
+    """Read an audio file as float32 ``(C, T)`` in [-1, 1] and its sample rate."""
+    path = Path(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise ValueError(f"{path}: cannot read audio ({err})") from err
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: the file holds no samples")
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int) -> None:
+    """Write ``(T)`` or ``(C, T)`` float audio as 16-bit PCM (clipped to [-1, 1])."""
+    path = Path(path)
+    wav = wav.detach().float().cpu()
+    if wav.ndim == 1:
+        wav = wav[None]
+    if wav.ndim != 2:
+        raise ValueError(f"save_audio: expected (T) or (C, T), got {tuple(wav.shape)}")
+    data = wav.clamp(-1, 1).T.numpy()
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, subtype="PCM_16", format=path.suffix[1:].upper() or "WAV")
+
+
+def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """Band-limited resampling along the last axis (torchaudio's windowed sinc)."""
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return wav
+    return AF.resample(wav, orig_sr, new_sr)
+
+
+def to_mono(wav: torch.Tensor) -> torch.Tensor:
+    """Average the channel axis: ``(B, C, T) -> (B, T)``."""
+    return wav.mean(dim=1)
+
+
+def resampled_length(num_samples: int, orig_sr: int, new_sr: int) -> int:
+    return math.ceil(num_samples * new_sr / orig_sr)
+
+
+def list_files(inputs: Sequence[str | Path], suffixes: Iterable[str]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of files with the given suffixes."""
+    suffixes = tuple(suffixes)
+    files: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in suffixes)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return files
+
+
+# --- images ------------------------------------------------------------------------------------------------------
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image as float32 ``(3, H, W)`` in [0, 1] (RGB)."""
+    try:
+        with Image.open(path) as img:
+            return pil_to_tensor(img)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read image ({err})") from err
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_pil(img: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` float in [0, 1] -> RGB PIL image."""
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"expected (3, H, W) or (1, H, W), got {tuple(img.shape)}")
+    array = (img.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+
+
+def save_image(path: str | Path, img: torch.Tensor) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tensor_to_pil(img).save(tmp, format=(path.suffix[1:] or "png").upper().replace("JPG", "JPEG"))
+
+
+def image_grid(images: torch.Tensor | Sequence[torch.Tensor], ncols: int, pad: int = 2) -> torch.Tensor:
+    """Tile ``(N, 3, H, W)`` images into one ``(3, H', W')`` grid with white padding."""
+    images = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
+    n, c, h, w = images.shape
+    nrows = math.ceil(n / ncols)
+    grid = torch.ones(c, nrows * (h + pad) + pad, ncols * (w + pad) + pad)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncols)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid
