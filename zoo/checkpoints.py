@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -69,11 +70,16 @@ def read_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> di
     if path.suffix in PICKLE_SUFFIXES:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling raises many types: report all of them the same clear way
-            raise CheckpointError(
-                f"{path}: cannot read as a tensors-only pickle with torch.load(weights_only=True) ({err}). "
-                "The file is truncated or corrupt, or holds objects other than tensors (refused for safety)."
-            ) from err
+        except pickle.UnpicklingError as err:
+            if "Weights only load failed" in str(err):
+                found = str(err).split("Unsupported global:")[-1].split(" was not")[0].strip()
+                raise CheckpointError(
+                    f"{path}: holds objects other than tensors ({found}); refused for safety: pickles are only "
+                    "read with torch.load(weights_only=True)"
+                ) from None
+            raise CheckpointError(f"{path}: not a readable pickle ({err}); it is truncated or corrupt") from err
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({err}); it is truncated or corrupt") from err
     raise CheckpointError(
         f"{path}: unknown weight format {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}"
     )

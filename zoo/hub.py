@@ -152,7 +152,7 @@ def load_zoo_folder(ref: str | Path, *, revision: str | None = None, expected_cl
 def build(spec: ModelSpec):
     """The architecture of a registered model with its registered hyperparameters, randomly initialised."""
     model_cls = registry.get_architecture(spec.architecture)
-    return model_cls(model_cls.config_class(architecture=spec.architecture, **spec.config))
+    return model_cls(model_cls.config_class(**{**spec.config, "architecture": spec.architecture}))
 
 
 def load(name: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,

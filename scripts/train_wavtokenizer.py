@@ -1,0 +1,50 @@
+"""Train a tiny WavTokenizer on espeak-ng speech and export it in zoo layout (with its measured model card).
+
+    python scripts/train_wavtokenizer.py --name wavtokenizer-tiny-75tps --steps 6000 --out runs/wt75
+    ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_wavtokenizer.py ...  # 2 processes
+    accelerate launch --multi_gpu --num_processes 8 scripts/train_wavtokenizer.py ...                 # 8 GPUs
+
+The model config comes from the registry entry `--name`; the export goes to `--export` (default weights/<name>)
+together with the held-out evaluation (scripts/eval_wavtokenizer.py) written into its card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+import zoo
+from tokenizers_audio.wavtokenizer.model import WavTokenizerConfig
+from tokenizers_audio.wavtokenizer.train import TrainConfig, train
+from zoo import data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="wavtokenizer-tiny-75tps", help="registry entry giving the model config")
+    parser.add_argument("--out", default="runs/wavtokenizer", help="run folder (Accelerate checkpoints)")
+    parser.add_argument("--export", default=None, help="zoo-layout folder for the final model (default: none)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    for field in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = zoo.model_info(args.name)
+    model_config = WavTokenizerConfig(**spec.config)
+    train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    model = train(model_config, train_config, data.speech("train"), args.out, resume=args.resume)
+    if args.export:
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            model.card_info["spec"] = spec
+            model.save_pretrained(args.export)
+            print(f"exported to {args.export}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Shared test setup: fixed threads, the parity-fixture folder, tiny configs per family."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("TOKZOO_TEST_THREADS", "2")))
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("TOKZOO_SHARED", REPO.parent / "shared"))
+
+# Registry-parametrized tests build every registered model at these sizes (strides, FFT sizes and the rest of
+# each entry's config are kept).
+TINY_OVERRIDES = {
+    "wavtokenizer": dict(n_filters=4, dimension=32, codebook_size=64, backbone_dim=32, intermediate_dim=64,
+                         num_layers=1, lstm_layers=1),
+}
+
+
+@pytest.fixture
+def parity_dir():
+    def get(family: str) -> Path:
+        folder = SHARED / "parity" / family
+        if not folder.is_dir():
+            pytest.skip(f"parity fixtures not present ({folder})")
+        return folder
+
+    return get
+
+
+def init_codebook_(model, seed: int = 0):
+    """Give a randomly built VQ model a usable codebook (k-means init would otherwise leave zeros)."""
+    cb = model.quantizer._codebook
+    g = torch.Generator().manual_seed(seed)
+    cb.embed.data.copy_(torch.randn(cb.embed.shape, generator=g) * 0.1)
+    cb.embed_avg.data.copy_(cb.embed.data)
+    cb.initted.data.fill_(True)
+    return model

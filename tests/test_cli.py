@@ -1,0 +1,118 @@
+"""The `zoo` command, run for real (in-process through `main`, and once through the installed console script)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import zoo
+from zoo import cli, io as zio
+from tokenizers_audio.wavtokenizer import WavTokenizer, WavTokenizerConfig
+
+from conftest import TINY_OVERRIDES, init_codebook_
+
+
+@pytest.fixture
+def bundled_tiny(tmp_path, monkeypatch):
+    """A weights/ folder holding a tiny model under the bundled name, so the CLI runs fast and offline."""
+    torch.manual_seed(0)
+    spec = zoo.model_info("wavtokenizer-tiny-75tps")
+    model = init_codebook_(WavTokenizer(WavTokenizerConfig(**{**spec.config, **TINY_OVERRIDES["wavtokenizer"]})))
+    root = tmp_path / "weights"
+    model.card_info["spec"] = spec
+    model.eval().save_pretrained(root / spec.bundled)
+    monkeypatch.setenv("TOKZOO_WEIGHTS", str(root))
+    return model
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list(capsys, bundled_tiny):
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["name", "kind", "modality", "codebook", "tokens", "params", "offline"]
+    row = next(line for line in lines if line.startswith("wavtokenizer-tiny-75tps")).split()
+    assert row[-1] == "yes" and row[3] == "1024"
+    assert next(line for line in lines if line.startswith("wavtokenizer-small-75tps")).split()[-1] == "no"
+    code, out, _ = run(capsys, "list", "*small*")
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["wavtokenizer-small-40tps", "wavtokenizer-small-75tps"]
+
+
+def test_info_prints_card(capsys, bundled_tiny):
+    code, out, _ = run(capsys, "info", "wavtokenizer-small-40tps")
+    assert code == 0 and "library_name: tokzoo" in out and "40" in out and "novateur/WavTokenizer" in out
+    code, _, err = run(capsys, "info", "wavtokenizer-smal-40tps")
+    assert code == 2 and "Did you mean" in err
+
+
+def test_encode_decode_files_and_folders(capsys, bundled_tiny, tmp_path):
+    src = tmp_path / "in"
+    for i, sr in enumerate((16000, 24000, 44100)):
+        zio.save_audio(src / f"clip{i}.wav", torch.randn(1, sr // 2) * 0.1, sr)
+    code, out, _ = run(capsys, "encode", "wavtokenizer-tiny-75tps", str(src / "clip0.wav"), "-o", str(tmp_path / "a.safetensors"))
+    assert code == 0
+    tokens = zoo.Tokens.load(tmp_path / "a.safetensors")
+    assert tokens.codes.shape == (1, 1, 38) and tokens.meta["sample_rate"] == 16000
+    assert tokens.meta["model"] == "wavtokenizer-tiny-75tps"
+    code, _, _ = run(capsys, "decode", "wavtokenizer-tiny-75tps", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "a.wav"))
+    wav, sr = zio.load_audio(tmp_path / "a.wav")
+    assert code == 0 and sr == 16000 and wav.shape == (1, 8000)
+    # folders in, folders out
+    assert run(capsys, "encode", "wavtokenizer-tiny-75tps", str(src), "-o", str(tmp_path / "codes"))[0] == 0
+    assert sorted(p.name for p in (tmp_path / "codes").iterdir()) == [f"clip{i}.safetensors" for i in range(3)]
+    assert run(capsys, "decode", "wavtokenizer-tiny-75tps", str(tmp_path / "codes"), "-o", str(tmp_path / "wavs"))[0] == 0
+    for i, sr in enumerate((16000, 24000, 44100)):
+        wav, rate = zio.load_audio(tmp_path / "wavs" / f"clip{i}.wav")
+        assert rate == sr and wav.shape[-1] == sr // 2
+
+
+def test_export_roundtrip(capsys, bundled_tiny, tmp_path):
+    code, out, _ = run(capsys, "export", "wavtokenizer-tiny-75tps", str(tmp_path / "exported"))
+    assert code == 0
+    loaded = zoo.load(f"local-dir:{tmp_path / 'exported'}")
+    for key, value in bundled_tiny.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "library_name: tokzoo" in card
+
+
+def test_convert_official_checkpoint(capsys, tmp_path, monkeypatch, parity_dir):
+    from tests_helpers import parity_checkpoint
+
+    ckpt, config = parity_checkpoint(parity_dir("wavtokenizer") / "frame75", tmp_path)
+    # register nothing: convert via a registered name whose config is swapped for the fixture's sizes
+    spec = zoo.model_info("wavtokenizer-small-75tps")
+    import dataclasses
+    from zoo import registry
+
+    monkeypatch.setitem(registry._MODELS, spec.name, dataclasses.replace(spec, config=config))
+    code, out, err = run(capsys, "convert", spec.name, str(ckpt), str(tmp_path / "converted"))
+    assert code == 0, err
+    model = zoo.load(f"local-dir:{tmp_path / 'converted'}")
+    assert model.codebook_size == 256
+
+
+def test_demo(capsys, bundled_tiny, tmp_path):
+    code, out, _ = run(capsys, "demo", "-o", str(tmp_path / "demo"))
+    assert code == 0 and str((tmp_path / "demo").resolve()) in out
+    rows = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert [r["model"] for r in rows] == ["wavtokenizer-tiny-75tps"]
+    assert {"tokens", "bitrate", "mel_distance", "time_s"} <= set(rows[0])
+    assert len(list((tmp_path / "demo" / "wavtokenizer-tiny-75tps").glob("*_reconstruction.wav"))) == 4
+    assert "| model |" in (tmp_path / "demo" / "summary.md").read_text()
+
+
+def test_console_script_is_installed(bundled_tiny):
+    exe = shutil.which("zoo") or pytest.fail("the `zoo` console script is not installed")
+    result = subprocess.run([exe, "list", "wavtokenizer-tiny*"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "wavtokenizer-tiny-75tps" in result.stdout
+    result = subprocess.run([exe, "info", "nope/nope"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "hf-hub:" in result.stderr

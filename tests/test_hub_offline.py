@@ -1,0 +1,138 @@
+"""Hub loading without a network: a hand-built HF cache under a temporary HF_HUB_CACHE, HF_HUB_OFFLINE=1."""
+
+import hashlib
+
+import huggingface_hub.constants as hf_constants
+import pytest
+import torch
+
+import zoo
+from tokenizers_audio.wavtokenizer import WavTokenizer, WavTokenizerConfig, to_official
+from zoo import registry
+
+from conftest import TINY_OVERRIDES, init_codebook_
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+
+    def add(repo_id: str, files: dict, sha: str = SHA):
+        root = cache / f"models--{repo_id.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / "main").write_text(sha)
+        snap = root / "snapshots" / sha
+        snap.mkdir(parents=True, exist_ok=True)
+        for name, write in files.items():
+            write(snap / name)
+        return snap
+
+    return add
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    config = WavTokenizerConfig(**{**zoo.model_info("wavtokenizer-small-75tps").config, **TINY_OVERRIDES["wavtokenizer"]})
+    return init_codebook_(WavTokenizer(config)).eval()
+
+
+@pytest.fixture
+def temp_spec():
+    names = []
+
+    def add(**kw):
+        spec = registry.ModelSpec(family="wavtokenizer", kind="tokenizer", modality="audio",
+                                  architecture="wavtokenizer", **kw)
+        registry.register_model(spec)
+        names.append(spec.name)
+        return spec
+
+    yield add
+    for name in names:
+        registry._MODELS.pop(name, None)
+
+
+def test_zoo_layout_repo_loads_offline(offline_cache, tiny_model, tmp_path):
+    folder = tmp_path / "export"
+    tiny_model.save_pretrained(folder)
+    offline_cache("tokzoo-test/tiny", {
+        "config.json": lambda p: p.write_bytes((folder / "config.json").read_bytes()),
+        "model.safetensors": lambda p: p.write_bytes((folder / "model.safetensors").read_bytes()),
+    })
+    wav = torch.randn(24000) * 0.1
+    for ref in ("hf-hub:tokzoo-test/tiny", f"hf-hub:tokzoo-test/tiny@{SHA}"):
+        loaded = zoo.load(ref)
+        assert not loaded.training
+        assert torch.equal(loaded.encode(wav, sample_rate=24000).codes, tiny_model.encode(wav, sample_rate=24000).codes)
+    # the huggingface_hub mixin entry point resolves through the same strict loader
+    assert isinstance(WavTokenizer.from_pretrained("tokzoo-test/tiny"), WavTokenizer)
+
+
+def test_official_checkpoint_converted_offline(offline_cache, tiny_model, temp_spec):
+    def write_ckpt(path):
+        torch.save({"state_dict": to_official(tiny_model.state_dict()), "global_step": 5}, path)
+
+    snap = offline_cache("tokzoo-test/official", {"tiny.ckpt": write_ckpt})
+    digest = hashlib.sha256((snap / "tiny.ckpt").read_bytes()).hexdigest()
+    spec = temp_spec(name="test-official-tiny", config={**tiny_model.config.__dict__},
+                     hub_file=registry.HubFile("tokzoo-test/official", "tiny.ckpt", SHA, digest),
+                     filter_fn=zoo.model_info("wavtokenizer-small-75tps").filter_fn)
+    assert zoo.hub.is_available_offline(spec)
+    loaded = zoo.load("test-official-tiny")
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+    bad = temp_spec(name="test-official-badsha", config={**tiny_model.config.__dict__},
+                    hub_file=registry.HubFile("tokzoo-test/official", "tiny.ckpt", SHA, "f" * 64),
+                    filter_fn=spec.filter_fn)
+    with pytest.raises(zoo.CheckpointError, match="sha256 mismatch"):
+        zoo.load(bad.name)
+
+
+def test_missing_file_offline_says_what_and_how(offline_cache, temp_spec, tiny_model):
+    offline_cache("tokzoo-test/official", {})
+    temp_spec(name="test-missing", config={**tiny_model.config.__dict__},
+              hub_file=registry.HubFile("tokzoo-test/official", "absent.ckpt", SHA))
+    with pytest.raises(zoo.WeightsUnavailableError) as info:
+        zoo.load("test-missing")
+    message = str(info.value)
+    for needed in ("absent.ckpt", "tokzoo-test/official", SHA, "zoo download test-missing", "HF_HUB_CACHE"):
+        assert needed in message
+    assert not zoo.hub.is_available_offline(zoo.model_info("test-missing"))
+
+
+def test_unknown_repo_offline(offline_cache):
+    with pytest.raises(zoo.WeightsUnavailableError, match="tokzoo-test/nothing"):
+        zoo.load("hf-hub:tokzoo-test/nothing")
+
+
+def test_official_entries_need_the_hub_offline(offline_cache):
+    with pytest.raises(zoo.WeightsUnavailableError, match="WavTokenizer_small_320_24k_4096.ckpt"):
+        zoo.load("wavtokenizer-small-75tps")
+
+
+def test_bad_hub_refs():
+    with pytest.raises(ValueError, match="hf-hub:org/repo"):
+        zoo.load("hf-hub:justaname")
+    with pytest.raises(FileNotFoundError):
+        zoo.load("local-dir:/no/such/folder")
+
+
+def test_local_dir_with_hostile_config(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"architecture": "subprocess.Popen", "args": ["rm"]}')
+    with pytest.raises(ValueError, match="may only name a registered architecture"):
+        zoo.load(f"local-dir:{tmp_path}")
+    (tmp_path / "config.json").write_text('{"architecture": "wavtokenizer", "__class__": "x"}')
+    with pytest.raises(zoo.CheckpointError, match="does not fit"):
+        zoo.load(f"local-dir:{tmp_path}")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(zoo.CheckpointError, match="not valid JSON"):
+        zoo.load(f"local-dir:{tmp_path}")

@@ -1,0 +1,187 @@
+"""WavTokenizer: official parity, converter, batching invariance, long audio, any input, bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoo
+from tokenizers_audio.wavtokenizer import WavTokenizer, WavTokenizerConfig, checkpoint_filter_fn, to_official
+from zoo.checkpoints import CheckpointError, load_into
+
+from conftest import TINY_OVERRIDES, init_codebook_
+
+
+def parity_model(folder) -> WavTokenizer:
+    cfg = json.loads((folder / "config.json").read_text())
+    fe, bb, hd = (cfg[k]["init_args"] for k in ("feature_extractor", "backbone", "head"))
+    overridden = cfg["feature_extractor"]["hardcoded_values_overridden"]
+    enc = next(v for k, v in overridden.items() if "SEANetEncoder" in k)
+    config = WavTokenizerConfig(
+        downsamples=fe["dowmsamples"], n_filters=enc["n_filters"], dimension=enc["dimension"],
+        codebook_size=fe["vq_bins"], backbone_dim=bb["dim"], intermediate_dim=bb["intermediate_dim"],
+        num_layers=bb["num_layers"], num_bandwidths=bb["adanorm_num_embeddings"], n_fft=hd["n_fft"],
+        hop_length=hd["hop_length"],
+    )
+    model = WavTokenizer(config)
+    load_into(model, load_file(folder / "official_state_dict.safetensors"), source="official",
+              filter_fn=checkpoint_filter_fn)
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", ["frame75", "frame40"])
+def test_official_parity(parity_dir, case):
+    folder = parity_dir("wavtokenizer") / case
+    model = parity_model(folder)
+    io = load_file(folder / "io.safetensors")
+    bw = int(io["bandwidth_id"][0])
+    with torch.inference_mode():
+        for split in ("batch", "odd"):
+            wav = io[f"{split}.waveform"]
+            latent, _ = model.encode_latent(wav)
+            torch.testing.assert_close(latent, io[f"{split}.encoder_emb"], atol=1e-5, rtol=0)
+            codes = model.quantize(latent)
+            assert torch.equal(codes, io[f"{split}.codes"][0])  # official layout (n_q, B, T)
+            features = model.codes_to_features(codes)
+            assert torch.equal(features, io[f"{split}.features"])
+            assert torch.equal(features, io[f"{split}.codes_to_features"])
+            hidden = model.backbone(features, torch.tensor([bw]))
+            torch.testing.assert_close(hidden, io[f"{split}.backbone_out"], atol=5e-5, rtol=0)
+            audio = model.decode_features(features, bandwidth_id=bw)
+            assert audio.shape == io[f"{split}.audio"].shape  # T * hop, not trimmed (official rule)
+            torch.testing.assert_close(audio, io[f"{split}.audio"], atol=2e-6, rtol=0)
+            # the public API gives the same codes and trims the audio to the input length
+            tokens = model.encode(wav, sample_rate=24000)
+            assert torch.equal(tokens.codes[:, 0], codes)
+            torch.testing.assert_close(model.decode(tokens), audio[..., : wav.shape[-1]], atol=2e-6, rtol=0)
+        hidden2 = model.backbone(model.codes_to_features(model.quantize(model.encode_latent(io["odd.waveform"])[0])),
+                                 torch.tensor([2]))
+        torch.testing.assert_close(hidden2, io["odd.backbone_out_bw2"], atol=5e-5, rtol=0)
+
+
+def test_converter_rejects_and_roundtrips(parity_dir):
+    folder = parity_dir("wavtokenizer") / "frame75"
+    official = load_file(folder / "official_state_dict.safetensors")
+    model = parity_model(folder)
+    # our layout -> official -> ours is the identity (plus the dropped SEANet decoder)
+    back = checkpoint_filter_fn({"state_dict": {**to_official(model.state_dict()), "multiperioddisc.x": torch.ones(1)}},
+                                model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(back[key], value), key
+    assert "weight_g" not in " ".join(back)
+    with pytest.raises(KeyError, match="unrecognised key"):
+        checkpoint_filter_fn({**official, "something.else": torch.ones(1)}, model)
+    broken = {k: v for k, v in official.items() if "convnext.1." not in k}
+    with pytest.raises(KeyError, match="lacks"):
+        checkpoint_filter_fn(broken, model)
+    wrong = WavTokenizer(WavTokenizerConfig(**{**model.config.__dict__, "codebook_size": 128}))
+    with pytest.raises(CheckpointError, match="codebook"):
+        load_into(wrong, official, source="official.ckpt", filter_fn=checkpoint_filter_fn)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    spec = zoo.model_info("wavtokenizer-small-75tps")
+    config = WavTokenizerConfig(**{**spec.config, **TINY_OVERRIDES["wavtokenizer"], "chunk_seconds": 2.0,
+                                   "context_seconds": 0.4})
+    return init_codebook_(WavTokenizer(config)).eval()
+
+
+def _speechlike(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / 24000
+    f0 = 120 + 40 * torch.sin(2 * torch.pi * 0.7 * t)
+    return 0.3 * torch.sin(2 * torch.pi * torch.cumsum(f0, 0) / 24000) * (1 + torch.sin(6 * t)) / 2 \
+        + 0.02 * torch.randn(n, generator=g)
+
+
+def test_batch_of_different_lengths_equals_items_alone(tiny):
+    clips = [_speechlike(n, i) for i, n in enumerate((24000, 7301, 15999, 321))]
+    tokens = tiny.encode(clips, sample_rate=24000)
+    assert tokens.codes.shape == (4, 1, 75) and tokens.lengths.tolist() == [75, 23, 50, 2]
+    audio = tiny.decode_list(tokens)
+    for i, clip in enumerate(clips):
+        alone = tiny.encode(clip, sample_rate=24000)
+        assert torch.equal(tokens[i].codes, alone.codes), i
+        assert audio[i].shape == clip.shape
+        torch.testing.assert_close(audio[i], tiny.decode(alone)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_any_rate_and_channels(tiny):
+    stereo = torch.stack([_speechlike(16000, 1), _speechlike(16000, 2)])[None]  # (1, 2, T) at 16 kHz
+    tokens = tiny.encode(stereo, sample_rate=16000)
+    assert tokens.codes.shape == (1, 1, 75) and tokens.meta["sample_rate"] == 16000
+    out = tiny.decode(tokens)
+    assert out.shape == (1, 16000)
+    out24 = tiny.decode(tokens, sample_rate=24000)
+    assert out24.shape == (1, 24000)
+    assert tiny.encode(_speechlike(8000, 3), sample_rate=8000).codes.shape == (1, 1, 75)
+    assert tiny.token_shape((24000,)) == (1, 75)
+
+
+def test_long_audio_is_chunked_without_seams(tiny):
+    wav = _speechlike(24000 * 5, 4)  # 5 s with 2 s chunks -> 4 windows
+    plan = tiny._chunk_plan(375)
+    assert len(plan) > 2
+    chunked = tiny.encode(wav, sample_rate=24000, chunked=True)
+    whole = tiny.encode(wav, sample_rate=24000, chunked=False)
+    assert chunked.codes.shape == whole.codes.shape
+    agree = (chunked.codes == whole.codes).float().mean()
+    assert agree > 0.9  # the LSTM sees a different past; most codes do not change
+    audio_c = tiny.decode(whole, chunked=True)[0]
+    audio_w = tiny.decode(whole, chunked=False)[0]
+    # no seams: the sample-to-sample jump at each chunk boundary is no larger than elsewhere in the signal
+    jumps = audio_c.diff().abs()
+    for _, _, start, _ in plan[1:]:
+        b = start * tiny.hop_length
+        assert jumps[b - 200: b + 200].max() <= 1.5 * audio_w.diff().abs()[b - 200: b + 200].max() + 1e-4
+    assert (audio_c - audio_w).pow(2).mean() < 0.1 * audio_w.pow(2).mean()
+
+
+def test_bad_inputs_raise_clear_errors(tiny):
+    ok = torch.zeros(2400)
+    with pytest.raises(ValueError, match="sample_rate"):
+        tiny.encode(ok, sample_rate=0)
+    with pytest.raises(TypeError):
+        tiny.encode(ok)  # the sample rate is required
+    with pytest.raises(ValueError, match="NaN"):
+        tiny.encode(torch.full((2400,), float("nan")), sample_rate=24000)
+    with pytest.raises(ValueError, match="float waveform"):
+        tiny.encode(torch.zeros(2400, dtype=torch.int16), sample_rate=24000)
+    with pytest.raises(ValueError, match=r"\(T\), \(B, T\) or \(B, C, T\)"):
+        tiny.encode(torch.zeros(1, 1, 1, 10), sample_rate=24000)
+    with pytest.raises(ValueError, match="empty"):
+        tiny.encode(torch.zeros(0), sample_rate=24000)
+    with pytest.raises(ValueError, match="empty list"):
+        tiny.encode([], sample_rate=24000)
+    with pytest.raises(ValueError, match=r"values must be in \[0, 64\)"):
+        tiny.decode(torch.full((1, 1, 5), 64))
+    with pytest.raises(ValueError, match="integer codes"):
+        tiny.decode(torch.zeros(1, 1, 5))
+    with pytest.raises(ValueError, match="one codebook"):
+        tiny.decode(torch.zeros(1, 2, 5, dtype=torch.long))
+
+
+def test_bfloat16_keeps_codebook_fp32(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny).cast(dtype=torch.bfloat16)
+    assert model.codebook.dtype == torch.float32 and model.head.out.weight.dtype == torch.bfloat16
+    wav = _speechlike(24000, 5)
+    tokens = model.encode(wav, sample_rate=24000)
+    audio = model.decode(tokens)
+    assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    agree = (tokens.codes == tiny.encode(wav, sample_rate=24000).codes).float().mean()
+    assert agree > 0.5
+
+
+def test_train_forward_learns_codebook(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny).train()
+    before = model.codebook.clone()
+    audio, codes, commit = model(torch.stack([_speechlike(4800, 6), _speechlike(4800, 7)]))
+    assert audio.shape == (2, 4800) and codes.shape == (2, 15) and commit.requires_grad
+    assert not torch.equal(before, model.codebook)  # EMA update in training mode

@@ -1,0 +1,252 @@
+"""Training WavTokenizer with the official recipe, on Accelerate.
+
+Losses (decoder/experiment.py, decoder/loss.py of the official code): log-mel L1 (weight 45), hinge GAN losses
+and L1 feature matching for a multi-period (HiFi-GAN MPD, periods 2/3/5/7/11) and a multi-resolution (Vocos/UnivNet
+MRD, three STFTs) discriminator, and the VQ commitment loss (x1000); the codebook is k-means initialised on the first
+batch, EMA-updated, and dead codes (EMA count < 2) are restarted from the batch. AdamW (betas 0.8, 0.9) and a
+cosine schedule with warmup for both optimisers; a random `bandwidth_id` per step trains all AdaLayerNorm rows.
+The discriminator widths are configurable so a tiny model trains on a CPU; ``mel_only_steps`` trains the
+generator on the mel loss alone first (Vocos' ``pretrain_mel_steps``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+from tqdm.auto import tqdm
+
+from zoo.metrics import log_mel
+
+from .model import WavTokenizer, WavTokenizerConfig
+
+# ----------------------------------------------------------------------------------------------------------------
+# discriminators
+
+
+class PeriodDiscriminator(nn.Module):
+    """HiFi-GAN period discriminator: the waveform folded to ``(T / p, p)`` and 2D convs along time."""
+
+    def __init__(self, period: int, channels: int = 32, num_embeddings: int = 4):
+        super().__init__()
+        self.period = period
+        widths = [1, channels, channels * 4, channels * 8, channels * 8]
+        self.convs = nn.ModuleList(
+            weight_norm(nn.Conv2d(widths[i], widths[i + 1], (5, 1), (3, 1) if i < 3 else 1, padding=(2, 0)))
+            for i in range(4)
+        )
+        self.post = weight_norm(nn.Conv2d(widths[-1], 1, (3, 1), padding=(1, 0)))
+        self.embed = nn.Embedding(num_embeddings, widths[-1])  # conditional on bandwidth_id, as officially
+
+    def forward(self, x: torch.Tensor, bandwidth_id: torch.Tensor):
+        # x: (B, T)
+        pad = -x.shape[-1] % self.period
+        x = F.pad(x, (0, pad), mode="reflect")[:, None]
+        x = x.view(x.shape[0], 1, -1, self.period)  # (B, 1, T / p, p)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.1)
+            features.append(x)
+        score = self.post(x) + (x * self.embed(bandwidth_id)[:, :, None, None]).sum(1, keepdim=True)
+        features.append(score)
+        return score.flatten(1), features
+
+
+class ResolutionDiscriminator(nn.Module):
+    """UnivNet/Vocos resolution discriminator on a linear-magnitude STFT (rectangular window)."""
+
+    def __init__(self, n_fft: int, hop: int, channels: int = 32, num_embeddings: int = 4):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.convs = nn.ModuleList([
+            weight_norm(nn.Conv2d(1, channels, (7, 5), padding=(3, 2))),
+            weight_norm(nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1))),
+            weight_norm(nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1))),
+            weight_norm(nn.Conv2d(channels, channels, 3, (2, 1), padding=1)),
+            weight_norm(nn.Conv2d(channels, channels, 3, (2, 2), padding=1)),
+        ])
+        self.post = weight_norm(nn.Conv2d(channels, 1, 3, padding=1))
+        self.embed = nn.Embedding(num_embeddings, channels)
+
+    def forward(self, x: torch.Tensor, bandwidth_id: torch.Tensor):
+        window = torch.ones(self.n_fft, device=x.device)
+        spec = torch.stft(x, self.n_fft, self.hop, window=window, center=True, return_complex=True).abs()
+        h = spec[:, None].transpose(2, 3)  # (B, 1, T, F)
+        features = []
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.1)
+            features.append(h)
+        score = self.post(h) + (h * self.embed(bandwidth_id)[:, :, None, None]).sum(1, keepdim=True)
+        features.append(score)
+        return score.flatten(1), features
+
+
+class Discriminators(nn.Module):
+    def __init__(self, channels: int = 32, periods=(2, 3, 5, 7, 11),
+                 resolutions=((1024, 256), (2048, 512), (512, 128))):
+        super().__init__()
+        self.mpd = nn.ModuleList(PeriodDiscriminator(p, channels) for p in periods)
+        self.mrd = nn.ModuleList(ResolutionDiscriminator(n, h, channels) for n, h in resolutions)
+
+    def forward(self, x: torch.Tensor, bandwidth_id: torch.Tensor):
+        return [d(x, bandwidth_id) for d in self.mpd], [d(x, bandwidth_id) for d in self.mrd]
+
+
+def hinge_d_loss(real, fake) -> torch.Tensor:
+    return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for (r, _), (f, _) in zip(real, fake)) / len(real)
+
+
+def hinge_g_loss(fake) -> torch.Tensor:
+    return sum(F.relu(1 - f).mean() for f, _ in fake) / len(fake)
+
+
+def feature_matching(real, fake) -> torch.Tensor:
+    total = 0.0
+    for (_, fr), (_, ff) in zip(real, fake):
+        total = total + sum(F.l1_loss(b, a.detach()) for a, b in zip(fr, ff)) / len(fr)
+    return total / len(real)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data and the loop
+
+
+class RandomCrops(torch.utils.data.Dataset):
+    """Random fixed-length crops of a list of clips, with a random peak gain in [-6, -1] dBFS (official recipe)."""
+
+    def __init__(self, clips: list[torch.Tensor], crop: int, items_per_epoch: int, seed: int = 0):
+        self.clips = [c if c.shape[-1] >= crop else F.pad(c, (0, crop - c.shape[-1])) for c in clips]
+        self.crop, self.items, self.seed = crop, items_per_epoch, seed
+
+    def __len__(self) -> int:
+        return self.items
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rng = random.Random(self.seed * 1_000_003 + i)
+        clip = self.clips[rng.randrange(len(self.clips))]
+        start = rng.randrange(clip.shape[-1] - self.crop + 1)
+        x = clip[start: start + self.crop]
+        gain_db = rng.uniform(-6, -1)
+        return x / x.abs().max().clamp_min(1e-5) * 10 ** (gain_db / 20)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 8
+    crop_seconds: float = 1.0
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    mel_only_steps: int = 1000
+    mel_weight: float = 45.0
+    mrd_weight: float = 1.0
+    disc_channels: int = 16
+    seed: int = 3407
+    save_every: int = 1000
+    log_every: int = 50
+
+
+class StepCounter:
+    """The global step, saved and restored with the Accelerate state."""
+
+    def __init__(self):
+        self.value = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = int(state["step"])
+
+
+def cosine_schedule(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: list[torch.Tensor], output_dir: str,
+          resume: bool = False, accelerator: Accelerator | None = None) -> WavTokenizer:
+    """Train a WavTokenizer on 24 kHz `clips`; checkpoints (``save_state``) go to ``output_dir/checkpoints``.
+
+    Returns the trained model (unwrapped, eval mode). With `resume`, training continues from the newest checkpoint.
+    """
+    tc = train_config
+    output = Path(output_dir)
+    accelerator = accelerator or Accelerator(
+        project_config=ProjectConfiguration(project_dir=str(output), automatic_checkpoint_naming=True, total_limit=2)
+    )
+    set_seed(tc.seed, device_specific=True)
+    model = WavTokenizer(model_config)
+    disc = Discriminators(tc.disc_channels)
+    opt_g = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.9))
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.8, 0.9))
+    # A prepared scheduler steps once per process per call: size it in process-steps.
+    n = accelerator.num_processes
+    sched_g = cosine_schedule(opt_g, tc.warmup_steps * n, tc.steps * n)
+    sched_d = cosine_schedule(opt_d, tc.warmup_steps * n, tc.steps * n)
+    crop = int(tc.crop_seconds * model_config.sample_rate)
+    data = RandomCrops(clips, crop, items_per_epoch=tc.steps * tc.batch_size * n, seed=tc.seed)
+    loader = torch.utils.data.DataLoader(data, batch_size=tc.batch_size, shuffle=False, drop_last=True)
+    model, disc, opt_g, opt_d, sched_g, sched_d, loader = accelerator.prepare(
+        model, disc, opt_g, opt_d, sched_g, sched_d, loader)
+    counter = StepCounter()
+    accelerator.register_for_checkpointing(counter)
+    if resume:
+        checkpoints = sorted((output / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+        if checkpoints:
+            accelerator.load_state(str(checkpoints[-1]))  # also restores the next checkpoint's number
+            loader = accelerator.skip_first_batches(loader, counter.value)
+    step = counter.value
+    progress = tqdm(total=tc.steps, initial=step, disable=not accelerator.is_main_process, desc="train")
+    for wav in loader:
+        if step >= tc.steps:
+            break
+        bw = torch.randint(0, model_config.num_bandwidths, (1,), device=wav.device)
+        use_gan = step >= tc.mel_only_steps
+        audio, _, commit = model(wav, bandwidth_id=int(bw))
+        audio = audio[..., : wav.shape[-1]]
+        if use_gan:  # discriminator step
+            real_p, real_r = disc(wav, bw)
+            fake_p, fake_r = disc(audio.detach(), bw)
+            loss_d = hinge_d_loss(real_p, fake_p) + tc.mrd_weight * hinge_d_loss(real_r, fake_r)
+            opt_d.zero_grad(set_to_none=True)
+            accelerator.backward(loss_d)
+            accelerator.clip_grad_norm_(disc.parameters(), 1000.0)
+            opt_d.step()
+        sched_d.step()
+        mel = F.l1_loss(log_mel(audio, model_config.sample_rate), log_mel(wav, model_config.sample_rate))
+        loss_g = tc.mel_weight * mel + commit
+        if use_gan:
+            real_p, real_r = disc(wav, bw)
+            fake_p, fake_r = disc(audio, bw)
+            loss_g = loss_g + hinge_g_loss(fake_p) + tc.mrd_weight * hinge_g_loss(fake_r)
+            loss_g = loss_g + feature_matching(real_p, fake_p) + tc.mrd_weight * feature_matching(real_r, fake_r)
+        opt_g.zero_grad(set_to_none=True)
+        accelerator.backward(loss_g)
+        accelerator.clip_grad_norm_(model.parameters(), 1000.0)
+        opt_g.step()
+        sched_g.step()
+        step += 1
+        counter.value = step
+        progress.update(1)
+        if step % tc.log_every == 0 and accelerator.is_main_process:
+            progress.write(f"step {step}: mel {mel.item():.4f} commit {float(commit):.4f} gen {loss_g.item():.3f}")
+        if step % tc.save_every == 0 or step == tc.steps:
+            accelerator.wait_for_everyone()
+            accelerator.save_state()
+    progress.close()
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(model).eval()
