@@ -97,8 +97,10 @@ _official(
 )
 
 # Tiny models trained here (scripts/train_wavtokenizer.py); weights bundled under weights/.
-TINY = dict(n_filters=8, dimension=64, lstm_layers=1, codebook_size=1024, backbone_dim=128, intermediate_dim=384,
-            num_layers=4)
+# The dead-code threshold is scaled to the small training batch (16 x 75 frames over 1024 codes, about 1.2 uses per
+# code and step); the official 2 would restart a quarter of the live codes every step here.
+TINY = dict(n_filters=8, dimension=64, lstm_layers=1, codebook_size=1024, backbone_dim=192, intermediate_dim=576,
+            num_layers=6, dead_code_threshold=0.1)
 for _rate, _frames in ((75, FRAME75),):
     register_model(ModelSpec(
         name=f"wavtokenizer-tiny-{_rate}tps", family="wavtokenizer", kind="tokenizer", modality="audio",

@@ -196,7 +196,7 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
     # A prepared scheduler steps once per process per call: size it in process-steps.
     n = accelerator.num_processes
     sched_g = cosine_schedule(opt_g, tc.warmup_steps * n, tc.steps * n)
-    sched_d = cosine_schedule(opt_d, tc.warmup_steps * n, tc.steps * n)
+    sched_d = cosine_schedule(opt_d, tc.warmup_steps * n, max(1, tc.steps - tc.mel_only_steps) * n)
     crop = int(tc.crop_seconds * model_config.sample_rate)
     data = RandomCrops(clips, crop, items_per_epoch=tc.steps * tc.batch_size * n, seed=tc.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=tc.batch_size, shuffle=False, drop_last=True)
@@ -207,7 +207,8 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
     if resume:
         checkpoints = sorted((output / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
         if checkpoints:
-            accelerator.load_state(str(checkpoints[-1]))  # also restores the next checkpoint's number
+            accelerator.load_state(str(checkpoints[-1]))
+            accelerator.project_configuration.iteration = int(checkpoints[-1].name.split("_")[-1]) + 1
             loader = accelerator.skip_first_batches(loader, counter.value)
     step = counter.value
     progress = tqdm(total=tc.steps, initial=step, disable=not accelerator.is_main_process, desc="train")
@@ -226,7 +227,7 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
             accelerator.backward(loss_d)
             accelerator.clip_grad_norm_(disc.parameters(), 1000.0)
             opt_d.step()
-        sched_d.step()
+            sched_d.step()
         mel = F.l1_loss(log_mel(audio, model_config.sample_rate), log_mel(wav, model_config.sample_rate))
         loss_g = tc.mel_weight * mel + commit
         if use_gan:
@@ -243,7 +244,7 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
         counter.value = step
         progress.update(1)
         if step % tc.log_every == 0 and accelerator.is_main_process:
-            progress.write(f"step {step}: mel {mel.item():.4f} commit {float(commit):.4f} gen {loss_g.item():.3f}")
+            progress.write(f"step {step}: mel {mel.item():.4f} commit {commit.item():.4f} gen {loss_g.item():.3f}")
         if step % tc.save_every == 0 or step == tc.steps:
             accelerator.wait_for_everyone()
             accelerator.save_state()
