@@ -16,6 +16,10 @@ SHARED = Path(os.environ.get("TOKZOO_SHARED", REPO.parent / "shared"))
 TINY_OVERRIDES = {
     "wavtokenizer": dict(n_filters=4, dimension=32, codebook_size=64, backbone_dim=32, intermediate_dim=64,
                          num_layers=1, lstm_layers=1),
+    "flextok": dict(image_size=16, vae_latent_channels=4, vae_block_out_channels=(8, 8), vae_layers_per_block=1,
+                    vae_norm_num_groups=8, vae_scaling_factor=1.0, posemb_grid=(4, 4), encoder_dim=32,
+                    encoder_depth=1, encoder_head_dim=16, decoder_dim=32, decoder_depth=1, decoder_head_dim=16,
+                    num_registers=8, max_timestep=1.0, default_steps=2),
 }
 
 

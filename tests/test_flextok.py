@@ -1,0 +1,414 @@
+"""FlexTok: official parity (variants A and B), batching invariance, converter, config allow-list, bad input."""
+
+import copy
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoo
+from tokenizers_img.flextok import (ALLOWED_TARGETS, FlexTok, FlexTokConfig, OfficialConfigError,
+                                    checkpoint_filter_fn, config_from_official, read_official_config, to_official)
+from tokenizers_img.flextok.convert import parse_safetensors_metadata
+from tokenizers_img.flextok.modules import prefix_lm_mask, sincos_posemb_2d
+from zoo.api import Tokens
+from zoo.checkpoints import CheckpointError, load_into
+
+from conftest import TINY_OVERRIDES
+
+A_ONLY = ("decoder.module_dict.dec_latent_dropout.nullcond",
+          "decoder.module_dict.dec_to_patches.adaLN_modulation.1.weight",
+          "decoder.module_dict.dec_to_patches.adaLN_modulation.1.bias")
+CASES = {  # detokenize cases of the fixture: token lists, guidance scale, APG
+    "full_g1": ("full", 1.0, False), "keep4_g1": ("keep4", 1.0, False),
+    "full_cfg3": ("full", 3.0, False), "keep4_cfg3": ("keep4", 3.0, False),
+    "full_apg3": ("full", 3.0, True), "keep4_apg3": ("keep4", 3.0, True), "mixed_apg3": ("mixed", 3.0, True),
+}
+
+
+def maxdiff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+@functools.lru_cache(maxsize=None)
+def _load(folder: str, variant: str) -> FlexTok:
+    folder = Path(folder)
+    vae_config = json.loads((folder / "vae_config.json").read_text())
+    name = "config.json" if variant == "A" else "config_variant_B.json"
+    config = config_from_official(json.loads((folder / name).read_text()), vae_config=vae_config, image_size=64)
+    official = load_file(folder / "official_state_dict.safetensors")
+    if variant == "B":
+        official = {k: v for k, v in official.items() if k not in A_ONLY}
+    model = FlexTok(config)
+    load_into(model, official, source=f"fixture {variant}", filter_fn=checkpoint_filter_fn)
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _io(folder: str) -> dict:
+    return load_file(Path(folder) / "io.safetensors")
+
+
+@pytest.fixture
+def fixture(parity_dir):
+    folder = parity_dir("flextok")
+
+    def get(variant="A"):
+        return _load(str(folder), variant), _io(str(folder))
+
+    get.folder = folder
+    return get
+
+
+def token_lists(io, kind):
+    tl = list(io["tokens"].split(1))
+    return {"full": tl, "keep4": [t[:, :4] for t in tl], "mixed": [tl[0], tl[1][:, :4]]}[kind]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config reader
+
+
+def test_config_reader_reads_both_variants(fixture):
+    folder = fixture.folder
+    vae_config = json.loads((folder / "vae_config.json").read_text())
+    from_json = config_from_official(json.loads((folder / "config.json").read_text()), vae_config=vae_config)
+    from_meta = config_from_official(read_official_config(folder / "official_state_dict.safetensors"),
+                                     vae_config=vae_config)
+    assert from_json == from_meta
+    c = from_json
+    assert (c.encoder_dim, c.encoder_depth, c.encoder_head_dim) == (64, 2, 32)
+    assert (c.decoder_dim, c.decoder_depth, c.decoder_head_dim) == (96, 2, 32)
+    assert c.vae_block_out_channels == (32, 32, 32, 32) and c.vae_latent_channels == 16
+    assert c.vae_scaling_factor == 4.7 and c.sample_posterior is False and c.max_timestep == 1.0
+    assert c.num_registers == 16 and c.posemb_grid == (8, 8) and c.fsq_levels == (8, 8, 8, 5, 5, 5)
+    assert c.adaLN_expansion == 2 and c.null_cond == "learned" and c.head_adaLN is True
+    b = config_from_official(json.loads((folder / "config_variant_B.json").read_text()), vae_config=vae_config)
+    assert b.null_cond == "zero" and b.head_adaLN is False
+    assert {k: v for k, v in vars(b).items() if k not in ("null_cond", "head_adaLN")} == \
+        {k: v for k, v in vars(c).items() if k not in ("null_cond", "head_adaLN")}
+    # the Hub mixin's {"config": {...}} wrapping is accepted too
+    assert config_from_official({"config": json.loads((folder / "config.json").read_text())},
+                                vae_config=vae_config) == c
+
+
+def test_config_reader_allow_list(fixture):
+    folder = fixture.folder
+    base = json.loads((folder / "config.json").read_text())
+    vae_config = json.loads((folder / "vae_config.json").read_text())
+
+    def changed(fn):
+        cfg = copy.deepcopy(base)
+        fn(cfg)
+        return cfg
+
+    def set_(path, value):
+        def fn(cfg):
+            node = cfg
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        return fn
+
+    enc, dec = ("encoder", "module_dict"), ("decoder", "module_dict")
+    assert "flextok.model.trunks.transformers.FlexTransformer" in ALLOWED_TARGETS
+    bad_targets = [
+        set_(("vae", "_target_"), "os.system"),
+        set_(("_target_",), "builtins.eval"),
+        set_(enc + ("enc_channels_to_last", "per_sample_op", "_target_"), "subprocess.call"),
+        set_(dec + ("dec_transformer", "norm_layer"), {"_target_": "torch.nn.Module", "_partial_": True}),
+    ]
+    for fn in bad_targets:
+        with pytest.raises(OfficialConfigError, match="allow-list"):
+            config_from_official(changed(fn), vae_config=vae_config)
+    unsupported = [
+        (set_(enc + ("enc_seq_packer", "mask_mode"), "full"), "causal_last"),
+        (set_(dec + ("dec_seq_packer", "mask_mode"), "causal"), "full"),
+        (set_(enc + ("enc_transformer", "qkv_bias"), True), "not supported"),
+        (set_(enc + ("enc_transformer", "some_new_flag"), 1), "unknown argument"),
+        (set_(enc + ("enc_posemb_module", "posemb_type"), "learnable_sum"), "sincos"),
+        (set_(dec + ("dec_transformer", "adaLN_expansion"), 1), "adaLN_expansion"),
+        (set_(enc + ("enc_transformer", "block_mask_read_key"), None), "attention mask"),
+        (lambda cfg: cfg["decoder"]["module_dict"].pop("dec_time_embedder"), "layout"),
+        (lambda cfg: cfg.pop("regularizer"), "missing sections"),
+        (lambda cfg: cfg.update(extra={"a": 1}), "unknown top-level"),
+    ]
+    for fn, message in unsupported:
+        with pytest.raises(OfficialConfigError, match=message):
+            config_from_official(changed(fn), vae_config=vae_config)
+    with pytest.raises(OfficialConfigError, match="pass its config.json as vae_config"):
+        config_from_official(changed(set_(("vae", "hf_hub_path"), "someone/vae")))
+    # The safetensors metadata is parsed with ast.literal_eval: code stays an inert string and is refused.
+    parsed = parse_safetensors_metadata({"vae": "__import__('os').system('echo pwned')", "encoder": "{'a': 1}"})
+    assert parsed["vae"] == "__import__('os').system('echo pwned')" and parsed["encoder"] == {"a": 1}
+    with pytest.raises(OfficialConfigError, match="missing sections"):
+        config_from_official(parsed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parity
+
+
+def test_layout_masks_and_tables_match_the_fixture(fixture):
+    model, io = fixture("A")
+    enc_mask, dec_mask = io["enc_attn_mask"], io["dec_attn_mask"]
+    ours = prefix_lm_mask(16, 16)
+    for start in (0, 32):  # the two packed images; everything else (other image, padding) is masked officially
+        assert torch.equal(enc_mask[start:start + 32, start:start + 32], ours)
+        assert bool(dec_mask[start:start + 32, start:start + 32].all())  # decoder: full attention per image
+    assert int(enc_mask.sum()) == 2 * int(ours.sum()) and int(dec_mask.sum()) == 2 * 32 * 32
+    official = load_file(fixture.folder / "official_state_dict.safetensors")
+    assert torch.equal(sincos_posemb_2d(8, 8, 64), official["encoder.module_dict.enc_posemb_module.posembs"])
+    assert torch.equal(sincos_posemb_2d(8, 8, 96), official["decoder.module_dict.dec_patches_posemb_module.posembs"])
+
+
+def test_fsq_matches_the_official_formula(fixture):
+    _, io = fixture("A")
+    model = FlexTok(FlexTokConfig(**{**TINY_OVERRIDES["flextok"]}))
+    levels = torch.tensor([8, 8, 8, 5, 5, 5])
+    basis = torch.tensor([1, 8, 64, 512, 2560, 12800])
+    z = torch.randn(4096, 6, generator=torch.Generator().manual_seed(0)) * 3
+    z = torch.cat([z, io["enc_registers_prequant"].view(-1, 6)])
+    # official quantize_fsq.FSQ, restated: bound with eps 1e-3, round (STE), / (L // 2); index by truncation
+    half_l = (levels - 1) * (1 + 1e-3) / 2
+    offset = torch.where(levels % 2 == 0, 0.5, 0.0)
+    bounded = (z + (offset / half_l).atanh()).tanh() * half_l - offset
+    quant = (bounded + (bounded.round() - bounded)) / (levels // 2)
+    index = ((quant * (levels // 2) + levels // 2) * basis).sum(-1).to(torch.int32).long()
+    ours_q, ours_i = model.regularizer(z[None])
+    assert torch.equal(ours_q[0], quant) and torch.equal(ours_i[0].long(), index)
+    back = ((index[:, None] // basis) % levels - levels // 2) / (levels // 2)
+    assert torch.equal(model.codes_to_quants(index[None])[0], back)
+    assert torch.equal(model.codes_to_quants(io["tokens"]), io["quants"])
+
+
+def test_encoder_parity(fixture):
+    model, io = fixture("A")
+    with torch.no_grad():
+        dist = model.vae.encode(io["images"]).latent_dist
+        torch.testing.assert_close(dist.mean, io["vae_latent_mean"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(dist.logvar, io["vae_latent_logvar"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.vae_encode(io["images"]), io["vae_latents"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.vae_decode(io["vae_latents"]), io["vae_decoded"], atol=1e-4, rtol=0)
+        out = model.encode_latents(io["vae_latents"])
+        torch.testing.assert_close(out["prequant"], io["enc_registers_prequant"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["quants"], io["quants"], atol=1e-5, rtol=0)
+        assert torch.equal(out["tokens"], io["tokens"])
+        assert torch.equal(model.tokenize(io["images"]), io["tokens"])
+    tokens = model.encode((io["images"] + 1) / 2)  # public API: [0, 1] images
+    assert torch.equal(tokens.codes, io["tokens"]) and tokens.meta["image_size"] == [64, 64]
+
+
+@pytest.mark.parametrize("variant", ["A", "B"])
+def test_decoder_forward_parity(fixture, variant):
+    model, io = fixture(variant)
+    p = "" if variant == "A" else "vB_"
+    x, t = io["dec_noised_latents"], io["dec_timesteps"]
+    with torch.no_grad():
+        v, inter = model.velocity(token_lists(io, "full"), x, t, return_intermediates=True)
+        torch.testing.assert_close(v, io[p + "dec_v_full"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(inter["patches_final"], io[p + "dec_patches_final"], atol=1e-5, rtol=0)
+        if variant == "A":
+            torch.testing.assert_close(inter["temb"], io["dec_temb"], atol=1e-5, rtol=0)
+        for kind in ("keep4", "mixed"):
+            torch.testing.assert_close(model.velocity(token_lists(io, kind), x, t), io[f"{p}dec_v_{kind}"],
+                                       atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.velocity(token_lists(io, "full"), x, t, uncond=True), io[p + "dec_v_uncond"],
+                                   atol=1e-5, rtol=0)
+        # the same calls through full codes + keep_k, and through Tokens.lengths
+        torch.testing.assert_close(model.velocity(io["tokens"], x, t, keep_k=[16, 4]), io[p + "dec_v_mixed"],
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.velocity(Tokens(io["tokens"], torch.tensor([16, 4])), x, t),
+                                   io[p + "dec_v_mixed"], atol=1e-5, rtol=0)
+    t4 = io["dec_timesteps"][:, None, None, None]
+    noised = t4 * io["dec_noise"] + (1 - t4) * io["vae_latents"]
+    assert torch.equal(noised, io["dec_noised_latents"])
+
+
+@pytest.mark.parametrize("variant", ["A", "B"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_detokenize_parity(fixture, variant, case):
+    model, io = fixture(variant)
+    p = "" if variant == "A" else "vB_"
+    kind, scale, apg = CASES[case]
+    kwargs = dict(latent_size=8, steps=3, guidance_scale=scale, apg=apg)
+    with torch.no_grad():
+        latents = model.sample_latents(token_lists(io, kind), generator=torch.Generator().manual_seed(2025), **kwargs)
+        torch.testing.assert_close(latents, io[f"{p}detok_{case}_latents"], atol=1e-5, rtol=0)
+        images = model.detokenize(token_lists(io, kind), generator=torch.Generator().manual_seed(2025), **kwargs)
+        torch.testing.assert_close(images, io[f"{p}detok_{case}_images"], atol=1e-4, rtol=0)
+        # the noise is the official draw, and passing it explicitly gives the same latents
+        assert torch.equal(model._draw_noise(2, 8, 8, torch.Generator().manual_seed(2025)), io["detok_noise"])
+        again = model.sample_latents(token_lists(io, kind), noise=io["detok_noise"], **kwargs)
+        assert torch.equal(again, latents)
+
+
+def test_detokenize_trajectory_parity(fixture):
+    model, io = fixture("A")
+    with torch.no_grad():
+        _, traj = model.sample_latents(token_lists(io, "full"), noise=io["detok_noise"], steps=3, guidance_scale=3.0,
+                                       apg=True, return_trajectory=True)
+    assert torch.equal(traj["t"], io["detok_full_apg3_step_t"])
+    for ours, theirs in (("x", "step_x"), ("v_cond", "step_v_cond"), ("v_uncond", "step_v_uncond")):
+        torch.testing.assert_close(traj[ours], io[f"detok_full_apg3_{theirs}"], atol=1e-5, rtol=0)
+
+
+def test_public_decode_is_detokenize_in_unit_range(fixture):
+    model, io = fixture("A")
+    kwargs = dict(steps=3, guidance_scale=3.0, apg=True)
+    out = model.decode(Tokens(io["tokens"], torch.tensor([16, 4]), {"image_size": [64, 64]}), seed=2025, **kwargs)
+    ref = model.detokenize(token_lists(io, "mixed"), latent_size=8, generator=torch.Generator().manual_seed(2025),
+                           **kwargs)
+    assert out.shape == (2, 3, 64, 64) and float(out.min()) >= 0 and float(out.max()) <= 1
+    torch.testing.assert_close(out, ((ref + 1) / 2).clamp(0, 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ref, io["detok_mixed_apg3_images"], atol=1e-4, rtol=0)
+    # a truncated (B, k) prefix is the same as full codes with keep_k = k
+    a = model.decode(io["tokens"][:, :4], seed=1, steps=2, image_size=64)
+    b = model.decode(io["tokens"], keep_k=4, seed=1, steps=2, image_size=64)
+    assert torch.equal(a, b)
+
+
+def test_batched_mixed_keep_k_equals_per_image(fixture):
+    model, io = fixture("A")
+    codes = torch.cat([io["tokens"], io["tokens"][:1].flip(1)])  # 3 items
+    keep = [16, 4, 9]
+    noise = torch.randn(3, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.9, 0.5, 0.2])
+    with torch.no_grad():
+        batched_v = model.velocity(codes, noise, t, keep_k=keep)
+        batched = model.sample_latents(codes, keep, noise=noise, steps=3, guidance_scale=2.5, apg=True)
+        for i in range(3):
+            single_v = model.velocity(codes[i:i + 1, :keep[i]], noise[i:i + 1], t[i:i + 1])
+            single = model.sample_latents(codes[i:i + 1, :keep[i]], noise=noise[i:i + 1], steps=3, guidance_scale=2.5,
+                                          apg=True)
+            torch.testing.assert_close(batched_v[i:i + 1], single_v, atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched[i:i + 1], single, atol=1e-5, rtol=0)
+
+
+def test_from_official_reads_the_checkpoint_config(fixture):
+    folder = fixture.folder
+    vae_config = json.loads((folder / "vae_config.json").read_text())
+    model = FlexTok.from_official(str(folder / "official_state_dict.safetensors"), vae_config=vae_config,
+                                  image_size=64)
+    _, io = fixture("A")
+    assert torch.equal(model.tokenize(io["images"]), io["tokens"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# converter
+
+
+def test_converter_checks_every_key(fixture):
+    model_a, _ = fixture("A")
+    model_b, _ = fixture("B")
+    official = load_file(fixture.folder / "official_state_dict.safetensors")
+    # ours -> official -> ours is the identity, and covers exactly the official keys
+    back = to_official(model_a.state_dict())
+    assert set(back) == set(official)
+    for key, value in official.items():
+        assert torch.equal(back[key], value), key
+    with pytest.raises(KeyError, match="unrecognised key"):
+        checkpoint_filter_fn({**official, "decoder.module_dict.dec_repa_proj.weight": torch.ones(1)}, model_a)
+    with pytest.raises(KeyError, match="unrecognised key"):
+        checkpoint_filter_fn({**official, "encoder.module_dict.enc_transformer.blocks.0.attn.wq.bias": torch.ones(1)},
+                             model_a)
+    broken = {k: v for k, v in official.items() if ".blocks.1.mlp.fc2" not in k}
+    with pytest.raises(KeyError, match="lacks"):
+        checkpoint_filter_fn(broken, model_a)
+    with pytest.raises(KeyError, match="null_cond='learned'"):  # an A checkpoint into a B model
+        checkpoint_filter_fn(official, model_b)
+    with pytest.raises(KeyError, match="null_cond='zero'"):  # a B checkpoint into an A model
+        checkpoint_filter_fn({k: v for k, v in official.items() if k not in A_ONLY}, model_a)
+    wrong = dict(official, **{"encoder.module_dict.enc_register_module.registers": torch.zeros(8, 64)})
+    with pytest.raises(ValueError, match="shape"):
+        checkpoint_filter_fn(wrong, model_a)
+    table = dict(official, **{"encoder.module_dict.enc_posemb_module.posembs": torch.zeros(1, 64, 8, 8)})
+    with pytest.raises(ValueError, match="sin-cos"):
+        checkpoint_filter_fn(table, model_a)
+    wrapped = {k.replace("blocks.0.", "blocks.0._checkpoint_wrapped_module."): v for k, v in official.items()}
+    assert set(checkpoint_filter_fn(wrapped, model_a)) == set(model_a.state_dict())
+    with pytest.raises(CheckpointError, match="cannot convert"):
+        load_into(FlexTok(model_a.config), broken, source="model.safetensors", filter_fn=checkpoint_filter_fn)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public API facts and bad input
+
+
+def tiny(**changes) -> FlexTok:
+    torch.manual_seed(0)
+    return FlexTok(FlexTokConfig(**{**TINY_OVERRIDES["flextok"], **changes})).eval()
+
+
+def test_facts_and_registry():
+    model = tiny()
+    assert model.codebook_size == 64000 and model.num_codebooks == 1 and model.modality == "image"
+    assert model.token_shape((3, 16, 16)) == (8,)
+    for name in ("flextok-d12-d12-in1k", "flextok-d18-d18-in1k", "flextok-d18-d28-in1k", "flextok-d18-d28-dfn"):
+        spec = zoo.model_info(name)
+        repo = "EPFL-VILAB/" + name.replace("flextok-", "flextok_").replace("-", "_")
+        assert spec.hub_file.repo_id == repo and spec.hub_file.filename == "model.safetensors"
+        assert spec.hub_file.revision == "main" and "not available offline" in spec.notes
+        assert spec.license == "apple-amlr" and spec.filter_fn is checkpoint_filter_fn
+        assert spec.codebook_size == 64000 and spec.input_size == 256
+    with torch.device("meta"):
+        sizes = {n: zoo.hub.build(zoo.model_info(n)).num_parameters() / 1e9 for n in zoo.list_models("flextok*")}
+    # research notes: 0.34 B / 0.95 B / 2.53 B (HF badges 0.3B / 0.9B / 3B)
+    assert 0.33 < sizes["flextok-d12-d12-in1k"] < 0.35 and 0.94 < sizes["flextok-d18-d18-in1k"] < 0.96
+    assert 2.5 < sizes["flextok-d18-d28-dfn"] < 2.6
+
+
+def test_bad_input_raises():
+    model = tiny()
+    good = torch.rand(2, 3, 16, 16)
+    for bad, message in ((torch.rand(2, 4, 16, 16), "expected shape"), (good * 2, "values in"),
+                         (torch.full((1, 3, 16, 16), float("nan")), "NaN"), (torch.rand(1, 3, 14, 14), "multiples"),
+                         (torch.rand(1, 3, 32, 32), "at most"), ((good * 255).to(torch.uint8), "float")):
+        with pytest.raises(ValueError, match=message):
+            model.encode(bad)
+    codes = model.encode(good).codes
+    assert codes.shape == (2, 8)
+    cases = [
+        (dict(tokens=codes.clone().fill_(64000)), "values must be in"),
+        (dict(tokens=codes.float()), "integer codes"),
+        (dict(tokens=codes[None]), "dimensions"),
+        (dict(tokens=torch.cat([codes, codes], 1)), "at most 8"),
+        (dict(tokens=codes, keep_k=0), "keep_k"),
+        (dict(tokens=codes, keep_k=9), "keep_k"),
+        (dict(tokens=codes[:, :3], keep_k=[2, 4]), r"1\.\.3"),
+        (dict(tokens=codes, keep_k=[1, 2, 3]), "one value per item"),
+        (dict(tokens=codes, keep_k=[1.5, 2]), "keep_k"),
+        (dict(tokens=[codes[0], codes[1].repeat(3)]), "at most 8"),
+        (dict(tokens=[]), "empty"),
+        (dict(tokens=codes, steps=0), "steps"),
+        (dict(tokens=codes, image_size=18), "multiples"),
+        (dict(tokens=codes, seed=1, generator=torch.Generator()), "either"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model.decode(**kwargs)
+    with pytest.raises(ValueError, match="max_timestep"):
+        model.velocity(codes, torch.zeros(2, 4, 8, 8), 1.5)
+    with pytest.raises(ValueError, match="vae_scaling_factor"):
+        tiny(vae_scaling_factor=None).encode(good)
+    with pytest.raises(ValueError, match="max_timestep is not set"):
+        tiny(max_timestep=None).decode(codes)
+    with pytest.raises(ValueError, match="null_cond"):
+        FlexTokConfig(null_cond="random")
+
+
+def test_tiny_roundtrip_shapes_and_variable_lengths():
+    model = tiny()
+    x = torch.rand(3, 3, 16, 16)
+    tokens = model.encode(x)
+    out = model.decode(tokens, seed=0)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # a list of different lengths decodes in one batch, like full codes with per-item keep_k
+    listed = model.decode([tokens.codes[0, :2], tokens.codes[1:2, :5], tokens.codes[2]], seed=0)
+    keyed = model.decode(tokens.codes, keep_k=torch.tensor([2, 5, 8]), seed=0)
+    torch.testing.assert_close(listed, keyed, atol=1e-6, rtol=0)
+    assert torch.equal(model.decode(tokens.codes, seed=5, guidance_scale=1.0),
+                       model.decode(tokens.codes, seed=5, guidance_scale=1.0))

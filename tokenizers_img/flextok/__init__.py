@@ -1,0 +1,63 @@
+"""FlexTok: registered variants (the four official tokenizers of apple/ml-flextok, weights on the Hub)."""
+
+from zoo.registry import HubFile, ModelSpec, register_model
+
+from .convert import (ALLOWED_TARGETS, OfficialConfigError, checkpoint_filter_fn, config_from_official,
+                      read_official_config, to_official)
+from .model import FlexTok, FlexTokConfig
+
+__all__ = ["FlexTok", "FlexTokConfig", "checkpoint_filter_fn", "to_official", "config_from_official",
+           "read_official_config", "OfficialConfigError", "ALLOWED_TARGETS"]
+
+CITATION = """@inproceedings{bachmann2025flextok,
+  title     = {FlexTok: Resampling Images into 1D Token Sequences of Flexible Length},
+  author    = {Bachmann, Roman and Allardice, Jesse and Mizrahi, David and Fini, Enrico and
+               Kar, O{\\u{g}}uzhan Fatih and Amirloo, Elmira and El-Nouby, Alaaeldin and Zamir, Amir and Dehghan, Afshin},
+  booktitle = {International Conference on Machine Learning},
+  year      = {2025}
+}"""
+
+# Sizes from the official README / research notes: width = 64 x depth, head_dim 64, 256 registers, FSQ 8-8-8-5-5-5,
+# 16-channel f8 VAE with the official base architecture.
+_BASE = dict(image_size=256, vae_latent_channels=16, vae_block_out_channels=(128, 256, 512, 512), patch_size=2,
+             posemb_grid=(16, 16), encoder_head_dim=64, decoder_head_dim=64, num_registers=256,
+             fsq_levels=(8, 8, 8, 5, 5, 5), adaLN_expansion=2, null_cond="learned", head_adaLN=True)
+_WIDTH = {12: 768, 18: 1152, 28: 1792}
+
+_NOTES = (
+    "Read from the main branch: the commit sha of the Hub repo was not available offline when this entry was "
+    "registered; pin it once known. Not verifiable offline either, because the repo's config.json could not be read: "
+    "the VAE scaling factor and the time embedder's max_timestep (both left unset, so encode/decode refuse to run "
+    "with this registry config), and the null-condition type / decoder-head adaLN (set to a learned null condition "
+    "and head adaLN; strict loading reports a mismatch). Build from the checkpoint's own config instead: "
+    "`FlexTok.from_official(path_or_repo_id)` reads it from the safetensors metadata through an allow-list."
+)
+
+_OFFICIAL = dict(
+    family="flextok", kind="tokenizer", modality="image", architecture="flextok", filter_fn=checkpoint_filter_fn,
+    license="apple-amlr", paper="https://arxiv.org/abs/2502.13967", citation=CITATION,
+    origin_url="https://github.com/apple/ml-flextok", codebook_size=64000, num_codebooks=1,
+    tokens_per_item="1-256 / image", input_size=256, tags=("image-tokenizer", "1d-tokenizer", "fsq", "rectified-flow"),
+    notes=_NOTES,
+)
+
+
+def _official(enc_depth: int, dec_depth: int, data: str, description: str, datasets: tuple[str, ...]) -> None:
+    repo = f"EPFL-VILAB/flextok_d{enc_depth}_d{dec_depth}_{data}"
+    config = dict(_BASE, encoder_dim=_WIDTH[enc_depth], encoder_depth=enc_depth, decoder_dim=_WIDTH[dec_depth],
+                  decoder_depth=dec_depth)
+    register_model(ModelSpec(
+        name=f"flextok-d{enc_depth}-d{dec_depth}-{data}", config=config,
+        hub_file=HubFile(repo, "model.safetensors", "main"), description=description, datasets=datasets,
+        **_OFFICIAL,
+    ))
+
+
+_official(12, 12, "in1k", "FlexTok d12-d12 (ImageNet-1k): 1 to 256 nested FSQ tokens per 256x256 image, "
+          "rectified-flow decoder.", ("imagenet-1k",))
+_official(18, 18, "in1k", "FlexTok d18-d18 (ImageNet-1k): 1 to 256 nested FSQ tokens per 256x256 image, "
+          "rectified-flow decoder.", ("imagenet-1k",))
+_official(18, 28, "in1k", "FlexTok d18-d28 (ImageNet-1k): 1 to 256 nested FSQ tokens per 256x256 image, "
+          "rectified-flow decoder with 28 layers.", ("imagenet-1k",))
+_official(18, 28, "dfn", "FlexTok d18-d28 trained on DFN web images (use it for non-ImageNet images): 1 to 256 "
+          "nested FSQ tokens per 256x256 image.", ("dfn",))
