@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="also time ours in bfloat16 (codebook stays fp32)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -100,6 +101,11 @@ def main() -> None:
     cb.initted.data.fill_(True)
     ref = official_model(args.reference, ours).to(device) if args.reference else None
     ours.to(device)
+    ours_bf16 = None
+    if args.bf16:
+        import copy
+
+        ours_bf16 = copy.deepcopy(ours).cast(dtype=torch.bfloat16)
     others = {} if args.no_peers else peers()
     bw = torch.tensor([0], device=device)
     load = os.getloadavg()
@@ -116,6 +122,8 @@ def main() -> None:
                 if ref is not None:
                     impls["official"] = (lambda w: ref.encode_infer(w, bandwidth_id=bw)[1],
                                          lambda c: ref.decode(ref.codes_to_features(c), bandwidth_id=bw))
+                if ours_bf16 is not None:
+                    impls["ours-bf16"] = (lambda w: ours_bf16.encode(w, sample_rate=24000), ours_bf16.decode)
                 impls.update(others)
                 times = {name: {"encode": [], "decode": []} for name in impls}
                 codes = {}

@@ -12,7 +12,8 @@ from . import data, hub, io as zio, metrics, registry
 
 
 def _audio_demo(name: str, tok, out: Path, num_clips: int = 4) -> dict:
-    clips = data.speech("heldout")[:: max(1, len(data.speech("heldout")) // num_clips)][:num_clips]
+    heldout = data.speech("heldout")
+    clips = heldout[:: max(1, len(heldout) // num_clips)][:num_clips]  # spread over voices and sentences
     start = time.perf_counter()
     tokens = tok.encode(clips, sample_rate=data.SPEECH_SAMPLE_RATE)  # one batch of different-length clips
     recon = tok.decode_list(tokens)
