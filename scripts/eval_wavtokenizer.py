@@ -29,6 +29,10 @@ def main() -> None:
     parser.add_argument("--export", help="write the model in zoo layout, with the measured card, here")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.checkpoint and not args.name:
+        parser.error("--checkpoint needs --name (the registry entry giving its config)")
+    if not args.checkpoint and not args.model:
+        parser.error("give a model (registry name or local-dir:PATH) or --checkpoint with --name")
     torch.set_num_threads(args.threads)
 
     if args.checkpoint:
@@ -48,7 +52,6 @@ def main() -> None:
     if args.export:
         model.card_info["metrics"] = {k: table[k] for k in ("description", "columns", "rows")}
         out = Path(args.export)
-        (out / "README.md").unlink(missing_ok=True)  # the card is regenerated with the new numbers
         model.save_pretrained(out)
         print(f"exported to {out}")
 

@@ -4,8 +4,8 @@
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_wavtokenizer.py ...  # 2 processes
     accelerate launch --multi_gpu --num_processes 8 scripts/train_wavtokenizer.py ...                 # 8 GPUs
 
-The model config comes from the registry entry `--name`; the export goes to `--export` (default weights/<name>)
-together with the held-out evaluation (scripts/eval_wavtokenizer.py) written into its card.
+The model config comes from the registry entry `--name`; `--export DIR` writes the final model in zoo layout.
+To measure it on held-out speech and write the numbers into its card, run scripts/eval_wavtokenizer.py.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ def main() -> None:
     spec = zoo.model_info(args.name)
     model_config = WavTokenizerConfig(**spec.config)
     train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    model = train(model_config, train_config, data.speech("train"), args.out, resume=args.resume)
-    if args.export:
-        from accelerate import PartialState
+    from accelerate import PartialState
 
+    with PartialState().main_process_first():  # the speech set is generated once, by the main process
+        clips = data.speech("train")
+    model = train(model_config, train_config, clips, args.out, resume=args.resume)
+    if args.export:
         if PartialState().is_main_process:
             model.card_info["spec"] = spec
             model.save_pretrained(args.export)

@@ -133,6 +133,9 @@ def test_local_dir_with_hostile_config(tmp_path, tiny_model):
     (tmp_path / "config.json").write_text('{"architecture": "wavtokenizer", "__class__": "x"}')
     with pytest.raises(zoo.CheckpointError, match="does not fit"):
         zoo.load(f"local-dir:{tmp_path}")
+    (tmp_path / "config.json").write_text('{"architecture": "wavtokenizer", "hop_length": 7}')
+    with pytest.raises(zoo.CheckpointError, match=r"config\.json: config does not fit.*hop_length"):
+        zoo.load(f"local-dir:{tmp_path}")
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(zoo.CheckpointError, match="not valid JSON"):
         zoo.load(f"local-dir:{tmp_path}")

@@ -109,6 +109,20 @@ def test_batch_of_different_lengths_equals_items_alone(tiny):
         torch.testing.assert_close(audio[i], tiny.decode(alone)[0], atol=1e-5, rtol=1e-4)
 
 
+def test_batch_at_another_rate_equals_items_alone(tiny):
+    # 16 kHz clips whose 24 kHz length ends exactly on a hop: the resampler must not see past an item's end
+    clips = [_speechlike(6400, 8), _speechlike(640, 9), torch.stack([_speechlike(3200, 10), _speechlike(3200, 11)])]
+    tokens = tiny.encode(clips, sample_rate=16000)
+    audio = tiny.decode_list(tokens)
+    for i, clip in enumerate(clips):
+        alone = tiny.decode(tiny.encode(clip[None] if clip.ndim == 1 else clip[None], sample_rate=16000))[0]
+        assert audio[i].shape == (clip.shape[-1],)
+        torch.testing.assert_close(audio[i], alone, atol=2e-5, rtol=1e-4)
+    with pytest.raises(IndexError):
+        tokens[3]
+    assert torch.equal(tokens[-1].codes, tokens[2].codes)
+
+
 def test_any_rate_and_channels(tiny):
     stereo = torch.stack([_speechlike(16000, 1), _speechlike(16000, 2)])[None]  # (1, 2, T) at 16 kHz
     tokens = tiny.encode(stereo, sample_rate=16000)
@@ -146,6 +160,8 @@ def test_bad_inputs_raise_clear_errors(tiny):
         tiny.encode(ok, sample_rate=0)
     with pytest.raises(TypeError):
         tiny.encode(ok)  # the sample rate is required
+    with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+        tiny.encode(torch.full((2400,), 40.0), sample_rate=24000)
     with pytest.raises(ValueError, match="NaN"):
         tiny.encode(torch.full((2400,), float("nan")), sample_rate=24000)
     with pytest.raises(ValueError, match="float waveform"):

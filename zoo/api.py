@@ -44,6 +44,7 @@ class Tokens:
 
     def __getitem__(self, i: int) -> "Tokens":
         """Item `i` alone, trimmed to its valid length."""
+        i = range(len(self))[i]  # negative indices; IndexError when out of range
         codes = self.codes[i : i + 1]
         lengths = None
         if self.lengths is not None:
@@ -102,9 +103,12 @@ def as_audio_batch(wav: torch.Tensor, what: str = "audio") -> torch.Tensor:
         wav = wav[:, None]
     elif wav.ndim != 3:
         raise ValueError(f"{what}: expected shape (T), (B, T) or (B, C, T), got {tuple(wav.shape)}")
-    check_finite(wav, what)
     if wav.shape[-1] == 0:
-        raise ValueError(f"{what}: zero samples")
+        raise ValueError(f"{what}: empty input (zero samples)")
+    check_finite(wav, what)
+    peak = float(wav.abs().max())
+    if peak > 1 + 1e-3:
+        raise ValueError(f"{what}: expected samples in [-1, 1], got a peak of {peak:.3g} (normalise the waveform)")
     return wav
 
 
@@ -182,9 +186,21 @@ class ZooModel(nn.Module, PyTorchModelHubMixin, library_name="tokzoo", tags=["to
         return "out = tok(...)"
 
     # --- PyTorchModelHubMixin hooks -------------------------------------------------------------------------
-    def save_pretrained(self, save_directory, *, config=None, **kwargs):
-        """Write ``config.json``, ``model.safetensors`` and ``README.md`` (the model card) into `save_directory`."""
-        return super().save_pretrained(save_directory, config=config or self.zoo_config(), **kwargs)
+    def save_pretrained(self, save_directory, *, config=None, repo_id=None, push_to_hub=False,
+                        model_card_kwargs=None, **push_to_hub_kwargs):
+        """Write ``model.safetensors``, ``config.json`` and ``README.md`` (a freshly generated model card) into
+        `save_directory`, each atomically; optionally push the folder to the Hub (huggingface_hub's mixin)."""
+        folder = Path(save_directory)
+        self._save_pretrained(folder)
+        config = config or self.zoo_config()
+        with checkpoints.atomic_path(folder / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+        with checkpoints.atomic_path(folder / "README.md") as tmp:
+            self.generate_model_card(**(model_card_kwargs or {})).save(tmp)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or folder.name, config=config, model_card_kwargs=model_card_kwargs,
+                                    **push_to_hub_kwargs)
+        return None
 
     def _save_pretrained(self, save_directory: Path) -> None:
         checkpoints.save_state_dict(self.state_dict(), Path(save_directory) / "model.safetensors",
@@ -195,7 +211,9 @@ class ZooModel(nn.Module, PyTorchModelHubMixin, library_name="tokzoo", tags=["to
                          local_files_only=False, token=None, config=None, **kwargs):
         from . import hub
 
-        return hub.load_zoo_folder(model_id, revision=revision, expected_class=cls)
+        is_folder = Path(model_id).is_dir()
+        return hub.load_zoo_folder(model_id, hub=not is_folder, revision=revision, expected_class=cls,
+                                   cache_dir=cache_dir)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         from . import cards

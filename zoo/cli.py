@@ -61,11 +61,19 @@ def _load(name: str, args):
     return hub.load(name, device=getattr(args, "device", None))
 
 
+def _unique_stems(files) -> None:
+    stems = [p.stem for p in files]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise ValueError(f"several inputs share the file name(s) {clashes}: their outputs would overwrite each other")
+
+
 def cmd_encode(args) -> int:
     tok = _load(args.name, args)
     files = zio.list_files(args.inputs, zio.AUDIO_SUFFIXES if tok.modality == "audio" else zio.IMAGE_SUFFIXES)
     if not files:
-        raise SystemExit("no input files found")
+        raise ValueError("no input files found")
+    _unique_stems(files)
     out = Path(args.output)
     single = len(files) == 1 and out.suffix == ".safetensors"
     for path in tqdm(files, desc="encode", disable=len(files) < 2):
@@ -84,6 +92,9 @@ def cmd_encode(args) -> int:
 def cmd_decode(args) -> int:
     tok = _load(args.name, args)
     files = zio.list_files(args.inputs, (".safetensors",))
+    if not files:
+        raise ValueError("no token files found")
+    _unique_stems(files)
     out = Path(args.output)
     suffix = ".wav" if tok.modality == "audio" else ".png"
     single = len(files) == 1 and out.suffix == suffix

@@ -56,10 +56,9 @@ def cache_dir() -> Path:
 def _speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed (Debian: apt-get install espeak-ng); it speaks the dataset")
-    tmp = path.with_suffix(".tmp.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(tmp), text],
-                   check=True, capture_output=True)
-    os.replace(tmp, path)
+    with zio.atomic_path(path) as tmp:  # unique temporary name: concurrent processes cannot collide
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(tmp), text],
+                       check=True, capture_output=True)
 
 
 def speech(split: str, n: int | None = None) -> list[torch.Tensor]:

@@ -117,16 +117,15 @@ def build_from_config(config: dict[str, Any], *, source: str, expected_class: ty
             f"not a {expected_class.__name__}"
         )
     try:
-        cfg = model_cls.config_class(**config)
-    except TypeError as err:
+        return model_cls(model_cls.config_class(**config))
+    except (TypeError, ValueError, RuntimeError) as err:
         raise checkpoints.CheckpointError(f"{source}: config does not fit {model_cls.__name__}: {err}") from err
-    return model_cls(cfg)
 
 
-def load_zoo_folder(ref: str | Path, *, revision: str | None = None, expected_class: type | None = None,
-                    cache_dir: str | None = None):
-    """Build and strictly load a model from a zoo-layout folder, or from a Hub repo id in zoo layout."""
-    if Path(ref).is_dir():
+def load_zoo_folder(ref: str | Path, *, hub: bool = False, revision: str | None = None,
+                    expected_class: type | None = None, cache_dir: str | None = None):
+    """Build and strictly load a model from a zoo-layout folder, or (``hub=True``) a Hub repo in zoo layout."""
+    if not hub:
         folder = Path(ref)
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         card_path = folder / "README.md"
@@ -134,6 +133,9 @@ def load_zoo_folder(ref: str | Path, *, revision: str | None = None, expected_cl
         repo_id, rev = parse_hub_ref(str(ref))
         rev = revision or rev or "main"
         config_path = download(HubFile(repo_id, CONFIG_NAME, rev), what=f"hf-hub:{repo_id}", cache_dir=cache_dir)
+        # The cache path names the commit the branch resolved to: read the weights at that same commit.
+        commit = config_path.parent.name
+        rev = commit if len(commit) == 40 and all(ch in "0123456789abcdef" for ch in commit) else rev
         weights_path = download(HubFile(repo_id, WEIGHTS_NAME, rev), what=f"hf-hub:{repo_id}", cache_dir=cache_dir)
         card_path = None
     config = read_config(config_path)
@@ -166,13 +168,15 @@ def load(name: str, *, device: torch.device | str | None = None, dtype: torch.dt
         pretrained: False gives the registered architecture with random weights.
         cache_dir: Hub cache folder (default: the standard HF cache, ``HF_HUB_CACHE``).
     """
+    if not pretrained and name.startswith(("local-dir:", "hf-hub:")):
+        raise ValueError(f"{name}: pretrained=False needs a registered model name (a folder or repo means weights)")
     if name.startswith("local-dir:"):
         folder = Path(name[len("local-dir:"):]).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"{name}: no such folder")
         model = load_zoo_folder(folder)
     elif name.startswith("hf-hub:"):
-        model = load_zoo_folder(name[len("hf-hub:"):], cache_dir=cache_dir)
+        model = load_zoo_folder(name[len("hf-hub:"):], hub=True, cache_dir=cache_dir)
     else:
         spec = registry.model_info(name)
         if not pretrained:
@@ -181,7 +185,7 @@ def load(name: str, *, device: torch.device | str | None = None, dtype: torch.dt
             folder = bundled_dir(spec)
             if not folder.is_dir():
                 raise WeightsUnavailableError(f"{name}: bundled weights folder {folder} is missing")
-            model = load_zoo_folder(folder)
+            model = load_zoo_folder(folder, expected_class=registry.get_architecture(spec.architecture))
         elif spec.hub_file:
             model = build(spec)
             path = download(spec.hub_file, what=name, cache_dir=cache_dir)

@@ -69,8 +69,11 @@ class WavTokenizerConfig:
         self.downsamples = tuple(int(d) for d in self.downsamples)
         if math.prod(self.downsamples) != self.hop_length:
             raise ValueError(f"hop_length {self.hop_length} must equal the product of downsamples {self.downsamples}")
-        if self.chunk_seconds <= 2 * self.context_seconds:
-            raise ValueError("chunk_seconds must be more than twice context_seconds")
+        if self.context_seconds * self.sample_rate < self.hop_length:
+            raise ValueError(f"context_seconds must cover at least one frame ({self.hop_length / self.sample_rate} s)")
+        if self.chunk_seconds < 4 * self.context_seconds:
+            raise ValueError("chunk_seconds must be at least four times context_seconds (the core of a window "
+                             "must be longer than its overlap with the neighbours)")
 
 
 @register_architecture("wavtokenizer")
@@ -172,6 +175,8 @@ class WavTokenizer(AudioTokenizer):
                 raise ValueError("audio: got an empty list of clips")
             items = []
             for i, clip in enumerate(clips):
+                if isinstance(clip, torch.Tensor) and clip.ndim == 2:
+                    clip = clip[None]  # one (C, T) clip
                 clip = as_audio_batch(clip, f"audio[{i}]")
                 if clip.shape[0] != 1:
                     raise ValueError(f"audio[{i}]: each list item is one clip, (T) or (C, T); got {tuple(clip.shape)}")
@@ -260,7 +265,8 @@ class WavTokenizer(AudioTokenizer):
         if chunked is None:
             chunked = codes.shape[-1] * self.hop_length > self.config.chunk_seconds * self.sample_rate
         audio = self._decode_chunked(codes, frames, bandwidth_id) if chunked else self._decode(codes, frames, bandwidth_id)
-        audio = audio.float()
+        # zero past each item's end (the masked ISTFT leaves junk there) so resampling cannot smear it inward
+        audio = audio.float() * length_mask(frames * self.hop_length, audio.shape[-1])[:, 0]
         if out_rate != self.sample_rate:
             audio = zio.resample(audio, self.sample_rate, out_rate)
         if num_samples is None:
@@ -297,6 +303,8 @@ class WavTokenizer(AudioTokenizer):
             raise ValueError(f"lengths: expected (B,) values in [1, {codes.shape[-1]}], got {frames.tolist()}")
         out_rate = sample_rate or meta.get("sample_rate") or self.sample_rate
         num_samples = meta.get("num_samples") if sample_rate in (None, meta.get("sample_rate")) else None
+        if num_samples is not None and len(num_samples) != codes.shape[0]:
+            raise ValueError(f"tokens.meta['num_samples'] has {len(num_samples)} entries for {codes.shape[0]} items")
         return codes, frames, out_rate, num_samples
 
     def _decode(self, codes: torch.Tensor, frames: torch.Tensor, bandwidth_id: int) -> torch.Tensor:
@@ -308,6 +316,7 @@ class WavTokenizer(AudioTokenizer):
         """Overlapping windows decoded as batches; neighbours cross-fade linearly over the middle of the overlap."""
         hop = self.hop_length
         audio = torch.zeros(codes.shape[0], codes.shape[-1] * hop, device=codes.device)
+        total_weight = torch.zeros_like(audio)
         ramp = max(1, int(self.config.context_seconds * self.sample_rate / hop) * hop // 2)
         for b in range(codes.shape[0]):
             plan = self._chunk_plan(int(frames[b]))
@@ -326,4 +335,5 @@ class WavTokenizer(AudioTokenizer):
                     if ce < int(frames[b]):  # fade out around the core end
                         weight = weight * (((ce * hop + ramp) - t) / (2 * ramp)).clamp(0, 1)
                     audio[b, ws * hop: we * hop] += weight * decoded[i, : (we - ws) * hop]
-        return audio
+                    total_weight[b, ws * hop: we * hop] += weight
+        return audio / total_weight.clamp_min(1e-6)  # the ramps already sum to 1; this guards the edges

@@ -109,9 +109,10 @@ def hinge_g_loss(fake) -> torch.Tensor:
 
 
 def feature_matching(real, fake) -> torch.Tensor:
+    """L1 between real and fake feature maps: summed over layers, averaged over discriminators (Vocos)."""
     total = 0.0
     for (_, fr), (_, ff) in zip(real, fake):
-        total = total + sum(F.l1_loss(b, a.detach()) for a, b in zip(fr, ff)) / len(fr)
+        total = total + sum(F.l1_loss(b, a.detach()) for a, b in zip(fr, ff))
     return total / len(real)
 
 
@@ -154,6 +155,9 @@ class TrainConfig:
     log_every: int = 50
 
 
+COMPLETE = "complete"  # marker file: the checkpoint folder was written to the end
+
+
 class StepCounter:
     """The global step, saved and restored with the Accelerate state."""
 
@@ -167,14 +171,12 @@ class StepCounter:
         self.value = int(state["step"])
 
 
-def cosine_schedule(optimizer, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def cosine_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: list[torch.Tensor], output_dir: str,
@@ -186,30 +188,38 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
     tc = train_config
     output = Path(output_dir)
     accelerator = accelerator or Accelerator(
-        project_config=ProjectConfiguration(project_dir=str(output), automatic_checkpoint_naming=True, total_limit=2)
+        project_config=ProjectConfiguration(project_dir=str(output), automatic_checkpoint_naming=True, total_limit=3)
     )
     set_seed(tc.seed, device_specific=True)
     model = WavTokenizer(model_config)
     disc = Discriminators(tc.disc_channels)
     opt_g = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.9))
     opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.8, 0.9))
-    # A prepared scheduler steps once per process per call: size it in process-steps.
+    # Learning rates are functions of the global step (restored on resume), not of the schedulers' own counters
+    # (a prepared scheduler steps once per process per call). The discriminator's schedule starts with the GAN phase.
+    counter = StepCounter()
+    gan_steps = max(1, tc.steps - tc.mel_only_steps)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(
+        opt_g, lambda _: cosine_factor(counter.value, tc.warmup_steps, tc.steps))
+    sched_d = torch.optim.lr_scheduler.LambdaLR(
+        opt_d, lambda _: cosine_factor(max(0, counter.value - tc.mel_only_steps), tc.warmup_steps, gan_steps))
     n = accelerator.num_processes
-    sched_g = cosine_schedule(opt_g, tc.warmup_steps * n, tc.steps * n)
-    sched_d = cosine_schedule(opt_d, tc.warmup_steps * n, max(1, tc.steps - tc.mel_only_steps) * n)
     crop = int(tc.crop_seconds * model_config.sample_rate)
     data = RandomCrops(clips, crop, items_per_epoch=tc.steps * tc.batch_size * n, seed=tc.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=tc.batch_size, shuffle=False, drop_last=True)
     model, disc, opt_g, opt_d, sched_g, sched_d, loader = accelerator.prepare(
         model, disc, opt_g, opt_d, sched_g, sched_d, loader)
-    counter = StepCounter()
     accelerator.register_for_checkpointing(counter)
     if resume:
-        checkpoints = sorted((output / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+        # only checkpoints whose save finished (marker written after save_state) are candidates
+        checkpoints = sorted((p for p in (output / "checkpoints").glob("checkpoint_*") if (p / COMPLETE).exists()),
+                             key=lambda p: int(p.name.split("_")[-1]))
         if checkpoints:
             accelerator.load_state(str(checkpoints[-1]))
             accelerator.project_configuration.iteration = int(checkpoints[-1].name.split("_")[-1]) + 1
             loader = accelerator.skip_first_batches(loader, counter.value)
+            sched_g.step()  # learning rates from the restored step, not from the saved optimizer state
+            sched_d.step()
     step = counter.value
     progress = tqdm(total=tc.steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     for wav in loader:
@@ -227,7 +237,6 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
             accelerator.backward(loss_d)
             accelerator.clip_grad_norm_(disc.parameters(), 1000.0)
             opt_d.step()
-            sched_d.step()
         mel = F.l1_loss(log_mel(audio, model_config.sample_rate), log_mel(wav, model_config.sample_rate))
         loss_g = tc.mel_weight * mel + commit
         if use_gan:
@@ -239,15 +248,18 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
         accelerator.backward(loss_g)
         accelerator.clip_grad_norm_(model.parameters(), 1000.0)
         opt_g.step()
-        sched_g.step()
         step += 1
         counter.value = step
+        sched_g.step()
+        sched_d.step()
         progress.update(1)
         if step % tc.log_every == 0 and accelerator.is_main_process:
             progress.write(f"step {step}: mel {mel.item():.4f} commit {commit.item():.4f} gen {loss_g.item():.3f}")
         if step % tc.save_every == 0 or step == tc.steps:
             accelerator.wait_for_everyone()
-            accelerator.save_state()
+            saved = accelerator.save_state()
+            if accelerator.is_main_process:
+                (Path(saved) / COMPLETE).write_text(str(step))
     progress.close()
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model).eval()
