@@ -7,9 +7,10 @@ import zoo
 from tokenizers_audio.wavtokenizer.evaluate import evaluate
 from zoo import data
 
-# Measured with `python scripts/eval_wavtokenizer.py wavtokenizer-tiny-75tps` (see the model card); the thresholds
-# leave a margin for thread-count and platform noise.
-WAVTOKENIZER_TINY_75 = {"stoi": 0.0, "mel_distance": 99.0}
+# Measured with `python scripts/eval_wavtokenizer.py wavtokenizer-tiny-75tps` (see the model card): STOI 0.739,
+# mel distance 1.72, 532 distinct codes on the first 8 held-out clips; the untrained model scores STOI 0.47 and a
+# mel-VQ + Griffin-Lim codec at the same bitrate 0.63. The thresholds leave a margin for platform noise.
+WAVTOKENIZER_TINY_75 = {"stoi": 0.72, "mel_distance": 1.85, "min_codes_used": 400}
 
 
 @pytest.fixture(scope="module")
@@ -25,4 +26,4 @@ def test_wavtokenizer_tiny_75tps_quality(heldout_speech):
     # and it uses its codebook: held-out speech touches a good share of the codes
     tokens = model.encode(heldout_speech[:8], sample_rate=data.SPEECH_SAMPLE_RATE)
     used = torch.cat([tokens.codes[i, 0, : int(n)] for i, n in enumerate(tokens.lengths)]).unique().numel()
-    assert used >= WAVTOKENIZER_TINY_75.get("min_codes_used", 0)
+    assert used >= WAVTOKENIZER_TINY_75["min_codes_used"]

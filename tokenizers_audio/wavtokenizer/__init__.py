@@ -97,6 +97,17 @@ _official(
 )
 
 # Tiny models trained here (scripts/train_wavtokenizer.py); weights bundled under weights/.
+TINY_TRAINING_NOTES = (
+    "Trained here on 2 CPU cores (about 70 minutes of training) with scripts/train_wavtokenizer.py: 240 training "
+    "clips (10 espeak-ng voices x 24 sentences, 12 minutes), 1-s crops, batch 16, AdamW (betas 0.8, 0.9), lr 5e-4 "
+    "with warmup and cosine decay; 5,000 steps: 0-4,000 on the mel + commitment losses only (Vocos' "
+    "pretrain_mel_steps), 4,000-5,000 adding the multi-period and multi-resolution discriminators (hinge + feature "
+    "matching, 8 base channels). The run was resumed twice (--resume) and each time given a shorter total "
+    "(7,800, then 5,200, then 5,000 steps), which reshapes the cosine; the GAN phase was restarted from the "
+    "step-4,000 checkpoint after two recipe fixes (feature matching summed over layers as in Vocos; the "
+    "discriminator's learning-rate schedule). Quality is far below the official checkpoints: a small model trained "
+    "for about an hour on synthetic speech, so that the demo and the tests run offline on a real tokenizer."
+)
 # The dead-code threshold is scaled to the small training batch (16 x 75 frames over 1024 codes, about 1.2 uses per
 # code and step); the official 2 would restart a quarter of the live codes every step here.
 TINY = dict(n_filters=8, dimension=64, lstm_layers=1, codebook_size=1024, backbone_dim=192, intermediate_dim=576,
@@ -111,4 +122,5 @@ for _rate, _frames in ((75, FRAME75),):
                     "official recipe (mel + multi-period/multi-resolution discriminators + commitment loss).",
         codebook_size=TINY["codebook_size"], num_codebooks=1, tokens_per_item=f"{_rate} / s", sample_rate=24000,
         datasets=("espeak-ng synthetic speech (tokzoo zoo.data.speech)",), tags=("audio-tokenizer", "vq"),
+        notes=TINY_TRAINING_NOTES,
     ))
