@@ -191,6 +191,8 @@ def test_bfloat16_keeps_codebook_fp32(tiny):
     assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
     agree = (tokens.codes == tiny.encode(wav, sample_rate=24000).codes).float().mean()
     assert agree > 0.5
+    clips = model.decode_list(model.encode([wav, wav[:7000]], sample_rate=24000))  # the masked (batched) path
+    assert [c.shape[-1] for c in clips] == [24000, 7000] and all(torch.isfinite(c).all() for c in clips)
 
 
 def test_train_forward_learns_codebook(tiny):

@@ -146,7 +146,7 @@ class WavTokenizer(AudioTokenizer):
     def decode_features(self, features: torch.Tensor, frame_lengths: torch.Tensor | None = None,
                         bandwidth_id: int = 0) -> torch.Tensor:
         """Features ``(B, D, F)`` -> waveform ``(B, F * hop)`` at 24 kHz (not trimmed, as in the official code)."""
-        mask = None if frame_lengths is None else length_mask(frame_lengths, features.shape[-1])
+        mask = None if frame_lengths is None else length_mask(frame_lengths, features.shape[-1]).to(self.compute_dtype)
         bw = torch.tensor([bandwidth_id], device=features.device)
         hidden = self.backbone(features.to(self.compute_dtype), bw, mask)
         return self.head(hidden, mask)
@@ -213,7 +213,34 @@ class WavTokenizer(AudioTokenizer):
                 "hop_length": self.hop_length}
         return Tokens(codes[:, None], frames, meta)
 
+    def _groups(self, sizes: list[int]) -> list[slice]:
+        """Consecutive sub-batches whose padded size stays within a budget of audio per forward pass.
+
+        On CPU the encoder and decoder become memory-bound (and slower than linear) on large activations, so a
+        batch is run as sub-batches of at most ~20 s of audio in all; each item's result does not depend on its
+        batch-mates, so this changes nothing numerically. Other devices take up to 10 minutes of audio at once.
+        """
+        budget = (20 if self.codebook.device.type == "cpu" else 600) * self.sample_rate
+        groups, start, longest = [], 0, 0
+        for i, size in enumerate(sizes):
+            longest = max(longest, size)
+            if i > start and longest * (i - start + 1) > budget:
+                groups.append(slice(start, i))
+                start, longest = i, size
+        groups.append(slice(start, len(sizes)))
+        return groups
+
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` zero-padded waveforms -> codes ``(B, F)``, in sub-batches (see `_groups`)."""
+        frames = int(-(-int(lengths.max()) // self.hop_length))
+        codes = torch.zeros(wav.shape[0], frames, dtype=torch.long, device=wav.device)
+        for g in self._groups(lengths.tolist()):
+            n = int(lengths[g].max())
+            part = self._encode_batch(wav[g, :n], lengths[g])
+            codes[g, : part.shape[-1]] = part
+        return codes
+
+    def _encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         uniform = bool((lengths == wav.shape[-1]).all())
         latent, _ = self.encode_latent(wav, None if uniform else lengths)
         codes = self.quantize(latent)
@@ -232,7 +259,7 @@ class WavTokenizer(AudioTokenizer):
         return plan
 
     def _encode_chunked(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Each item in overlapping windows (batched together); the core frames of each window are kept."""
+        """Each item in overlapping windows (batched, see `_groups`); the core frames of each window are kept."""
         hop = self.hop_length
         frames = -(-lengths // hop)
         codes = torch.zeros(wav.shape[0], int(frames.max()), dtype=torch.long, device=wav.device)
@@ -244,14 +271,10 @@ class WavTokenizer(AudioTokenizer):
             batch = torch.zeros(len(windows), int(win_lengths.max()), device=wav.device)
             for i, w in enumerate(windows):
                 batch[i, : w.shape[-1]] = w
-            for i, chunk_codes in enumerate(self._encode_in_groups(batch, win_lengths)):
+            for i, chunk_codes in enumerate(self._encode(batch, win_lengths)):
                 ws, _, cs, ce = plan[i]
                 codes[b, cs:ce] = chunk_codes[cs - ws: ce - ws]
         return codes
-
-    def _encode_in_groups(self, batch: torch.Tensor, lengths: torch.Tensor, group: int = 8):
-        for start in range(0, batch.shape[0], group):
-            yield from self._encode(batch[start: start + group], lengths[start: start + group])
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens | torch.Tensor, *, sample_rate: int | None = None, bandwidth_id: int = 0,
@@ -308,12 +331,25 @@ class WavTokenizer(AudioTokenizer):
         return codes, frames, out_rate, num_samples
 
     def _decode(self, codes: torch.Tensor, frames: torch.Tensor, bandwidth_id: int) -> torch.Tensor:
+        """Codes ``(B, F)`` -> waveform ``(B, F * hop)``, in sub-batches (see `_groups`)."""
+        hop = self.hop_length
+        audio = None
+        for g in self._groups((frames * hop).tolist()):
+            n = int(frames[g].max())
+            part = self._decode_batch(codes[g, :n], frames[g], bandwidth_id)
+            if audio is None:
+                audio = part.new_zeros(codes.shape[0], codes.shape[-1] * hop)
+            audio[g, : part.shape[-1]] = part
+        return audio
+
+    def _decode_batch(self, codes: torch.Tensor, frames: torch.Tensor, bandwidth_id: int) -> torch.Tensor:
         uniform = bool((frames == codes.shape[-1]).all())
         return self.decode_features(self.codes_to_features(codes), None if uniform else frames, bandwidth_id)
 
     def _decode_chunked(self, codes: torch.Tensor, frames: torch.Tensor, bandwidth_id: int,
                         group: int = 8) -> torch.Tensor:
-        """Overlapping windows decoded as batches; neighbours cross-fade linearly over the middle of the overlap."""
+        """Overlapping windows decoded in batches (`_decode` sub-divides them further on CPU); neighbours
+        cross-fade linearly over the middle of the overlap."""
         hop = self.hop_length
         audio = torch.zeros(codes.shape[0], codes.shape[-1] * hop, device=codes.device)
         total_weight = torch.zeros_like(audio)
