@@ -20,6 +20,9 @@ TINY_OVERRIDES = {
                     vae_norm_num_groups=8, vae_scaling_factor=1.0, posemb_grid=(4, 4), encoder_dim=32,
                     encoder_depth=1, encoder_head_dim=16, decoder_dim=32, decoder_depth=1, decoder_head_dim=16,
                     num_registers=8, max_timestep=1.0, default_steps=2),
+    # 64 patch tokens: enough for every preset's per-block reduction over 2 blocks
+    "vit_accel": dict(timm_kwargs=dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                       num_classes=10)),
 }
 
 

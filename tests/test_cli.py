@@ -11,6 +11,7 @@ import torch
 import zoo
 from zoo import cli, io as zio
 from tokenizers_audio.wavtokenizer import WavTokenizer, WavTokenizerConfig
+from tokenizers_img.flextok import FlexTok, FlexTokConfig
 
 from conftest import TINY_OVERRIDES, init_codebook_
 
@@ -24,6 +25,10 @@ def bundled_tiny(tmp_path, monkeypatch):
     root = tmp_path / "weights"
     model.card_info["spec"] = spec
     model.eval().save_pretrained(root / spec.bundled)
+    image_spec = zoo.model_info("flextok-tiny-64px")
+    image_model = FlexTok(FlexTokConfig(**{**image_spec.config, **TINY_OVERRIDES["flextok"]}))
+    image_model.card_info["spec"] = image_spec
+    image_model.eval().save_pretrained(root / image_spec.bundled)
     monkeypatch.setenv("TOKZOO_WEIGHTS", str(root))
     return model
 
@@ -42,7 +47,7 @@ def test_list(capsys, bundled_tiny):
     row = next(line for line in lines if line.startswith("wavtokenizer-tiny-75tps")).split()
     assert row[-1] == "yes" and row[3] == "1024"
     assert next(line for line in lines if line.startswith("wavtokenizer-small-75tps")).split()[-1] == "no"
-    code, out, _ = run(capsys, "list", "*small*")
+    code, out, _ = run(capsys, "list", "wavtokenizer*small*")
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["wavtokenizer-small-40tps", "wavtokenizer-small-75tps"]
 
 
@@ -100,12 +105,38 @@ def test_convert_official_checkpoint(capsys, tmp_path, monkeypatch, parity_dir):
     assert model.codebook_size == 256
 
 
+def test_image_encode_and_coarse_to_fine_grid(capsys, bundled_tiny, tmp_path):
+    name = "flextok-tiny-64px"
+    zio.save_image(tmp_path / "photo.png", torch.rand(3, 20, 30))  # not square: centre-cropped to 16 x 16
+    code, out, err = run(capsys, "encode", name, str(tmp_path / "photo.png"), "-o", str(tmp_path / "t.safetensors"))
+    assert code == 0, err
+    assert "codes (1, 8)" in out
+    code, _, err = run(capsys, "decode", name, str(tmp_path / "t.safetensors"), "-o", str(tmp_path / "grid.png"),
+                       "--tokens", "1,2,4,8", "--seed", "0")
+    assert code == 0, err
+    grid = zio.load_image(tmp_path / "grid.png")
+    assert grid.shape == (3, 2 + 16 + 12 + 2, 2 + 4 * (16 + 2))  # one row of 4 tiles with captions
+    model = zoo.load(name)
+    codes = zoo.Tokens.load(tmp_path / "t.safetensors").codes
+    first = model.decode(codes, keep_k=1, seed=0)[0]  # the first tile is the 1-token reconstruction
+    assert (grid[:, 2:18, 2:18] - first).abs().max() <= 1 / 255 + 1e-6
+    for bad in ("0,4", "1,9", "a,b"):
+        code, _, err = run(capsys, "decode", name, str(tmp_path / "t.safetensors"), "-o", str(tmp_path / "x.png"),
+                           "--tokens", bad)
+        assert code == 2 and "--tokens" in err
+    code, _, err = run(capsys, "decode", "wavtokenizer-tiny-75tps", str(tmp_path / "t.safetensors"), "-o",
+                       str(tmp_path / "x.wav"), "--tokens", "1,2")
+    assert code == 2 and "image tokenizers only" in err
+
+
 def test_demo(capsys, bundled_tiny, tmp_path):
     code, out, _ = run(capsys, "demo", "-o", str(tmp_path / "demo"))
     assert code == 0 and str((tmp_path / "demo").resolve()) in out
     rows = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert [r["model"] for r in rows] == ["wavtokenizer-tiny-75tps"]
-    assert {"tokens", "bitrate", "mel_distance", "time_s"} <= set(rows[0])
+    assert [r["model"] for r in rows] == ["flextok-tiny-64px", "wavtokenizer-tiny-75tps"]
+    assert {"tokens", "bitrate", "psnr@1", "psnr@8", "ssim@8", "time_s"} <= set(rows[0])
+    assert {"tokens", "bitrate", "mel_distance", "time_s"} <= set(rows[1])
+    assert len(list((tmp_path / "demo" / "flextok-tiny-64px").glob("*_coarse_to_fine.png"))) == 3
     assert len(list((tmp_path / "demo" / "wavtokenizer-tiny-75tps").glob("*_reconstruction.wav"))) == 4
     assert "| model |" in (tmp_path / "demo" / "summary.md").read_text()
 

@@ -1,19 +1,22 @@
 """FlexTok: official parity (variants A and B), batching invariance, converter, config allow-list, bad input."""
 
 import copy
+import dataclasses
 import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import zoo
+from zoo import io as zio
 from tokenizers_img.flextok import (ALLOWED_TARGETS, FlexTok, FlexTokConfig, OfficialConfigError,
                                     checkpoint_filter_fn, config_from_official, read_official_config, to_official)
-from tokenizers_img.flextok.convert import parse_safetensors_metadata
-from tokenizers_img.flextok.modules import prefix_lm_mask, sincos_posemb_2d
+from tokenizers_img.flextok.convert import official_vae_config, parse_safetensors_metadata, to_official_config
+from tokenizers_img.flextok.modules import APG, classifier_free_guidance, prefix_lm_mask, sincos_posemb_2d
 from zoo.api import Tokens
 from zoo.checkpoints import CheckpointError, load_into
 
@@ -146,6 +149,56 @@ def test_config_reader_allow_list(fixture):
     assert parsed["vae"] == "__import__('os').system('echo pwned')" and parsed["encoder"] == {"a": 1}
     with pytest.raises(OfficialConfigError, match="missing sections"):
         config_from_official(parsed)
+
+
+def _flatten(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}.{key}").items()}
+    return {prefix: node}
+
+
+def test_official_config_writer_inverts_the_reader(fixture):
+    folder = fixture.folder
+    vae_config = json.loads((folder / "vae_config.json").read_text())
+    for name in ("config.json", "config_variant_B.json"):
+        official = json.loads((folder / name).read_text())
+        c = config_from_official(official, vae_config=vae_config)
+        vae = official_vae_config(c)  # the fixture's diffusers config (which also lists diffusers' defaults)
+        assert {k: vae_config[k] for k in vae} == vae
+        written = to_official_config(c, sdpa_masks=True)
+        assert config_from_official(written, vae_config=official_vae_config(c)) == c
+        # the fixture's own config, up to explicit defaults, inference values of training-only arguments and the
+        # optional parameter-free REPA tap
+        ours, theirs = _flatten(written), _flatten(official)
+        differ = {k for k in set(ours) | set(theirs) if ours.get(k, "absent") != theirs.get(k, "absent")}
+        dec, enc = ".decoder.module_dict.", ".encoder.module_dict."
+        allowed = {dec + "dec_time_embedder.frequency_embedding_size", dec + "dec_transformer.mlp_ratio",
+                   enc + "enc_transformer.mlp_ratio", dec + "dec_transformer.use_act_checkpoint",
+                   enc + "enc_transformer.use_act_checkpoint", enc + "enc_register_module.n_min",
+                   dec + "dec_transformer.intermediate_layer_write_key", dec + "dec_transformer.intermediate_layers"}
+        assert {k for k in differ if not k.startswith(dec + "dec_repa_unpacker.")} <= allowed, differ
+        assert not _flatten(to_official_config(c))[enc + "enc_seq_packer.return_materialized_mask"]
+
+
+def test_official_config_round_trip():
+    base = FlexTokConfig(**TINY_OVERRIDES["flextok"])
+    not_official = dict(image_size=base.image_size, default_steps=base.default_steps)
+    configs = [
+        base,
+        dataclasses.replace(base, null_cond="zero", head_adaLN=False, adaLN_expansion=1, sample_posterior=True,
+                            vae_scaling_factor=None, mlp_ratio=2.0, time_frequency_size=128, max_timestep=1000.0),
+    ]
+    for c in configs:
+        written = to_official_config(c)
+        assert all(v.startswith("flextok.") for k, v in _flatten(written).items() if k.endswith("._target_"))
+        assert config_from_official(written, vae_config=official_vae_config(c), **not_official) == c
+    for name in ("flextok-tiny-64px", "flextok-d18-d28-dfn"):
+        c = FlexTokConfig(**{**zoo.model_info(name).config, "vae_scaling_factor": 0.5, "max_timestep": 1.0})
+        extra = dict(default_steps=c.default_steps, default_guidance_scale=c.default_guidance_scale,
+                     default_apg=c.default_apg)
+        assert config_from_official(to_official_config(c), vae_config=official_vae_config(c), **extra) == c
+    with pytest.raises(ValueError, match="max_timestep"):
+        to_official_config(dataclasses.replace(base, max_timestep=None))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,6 +341,64 @@ def test_batched_mixed_keep_k_equals_per_image(fixture):
             torch.testing.assert_close(batched[i:i + 1], single, atol=1e-5, rtol=0)
 
 
+def _perturbed_tiny(**changes) -> FlexTok:
+    model = tiny(**changes)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # the zero-initialised adaLN / heads would make every velocity the same
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("scale, apg, expansion", [(1.0, False, 2), (2.5, False, 2), (4.0, True, 2), (4.0, True, 1)])
+def test_sampler_equals_per_step_decoder_calls(scale, apg, expansion):
+    """The sampler computes the condition once and both CFG halves in one batch, bit for bit like a full decoder
+    forward per step (the official loop: conditional and unconditional calls on the same x)."""
+    model = _perturbed_tiny(adaLN_expansion=expansion)
+    codes = torch.randint(0, 64000, (3, 8), generator=torch.Generator().manual_seed(1))
+    keep = torch.tensor([8, 3, 1])
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    steps, dec = 4, model.decoder
+    quants = model.codes_to_quants(codes)
+    guide = APG() if apg else None
+    x = noise
+    with torch.no_grad():
+        for i in range(steps, 0, -1):
+            tt = i / steps * torch.ones(3)
+            if scale == 1.0:
+                v = dec(quants, x, tt, keep, None)
+            else:
+                both = dec(torch.cat([quants, quants]), torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([keep, keep]),
+                           torch.arange(6) >= 3)
+                v = (guide or classifier_free_guidance)(both[:3], both[3:], scale)
+            x = x - (1.0 / steps) * v
+        sampled = model.sample_latents(codes, keep, noise=noise, steps=steps, guidance_scale=scale, apg=apg)
+    assert torch.equal(sampled, x)
+
+
+def test_decoder_step_api_matches_forward():
+    model = _perturbed_tiny()
+    dec = model.decoder
+    quants = model.codes_to_quants(torch.randint(0, 64000, (2, 8), generator=torch.Generator().manual_seed(3)))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    t, keep = torch.tensor([0.9, 0.4]), torch.tensor([8, 5])
+    with torch.no_grad():
+        cond = dec.prepare_condition(quants, keep, torch.tensor([False, True]), (8, 8))
+        assert cond.registers.shape == (2, 8, 32) and cond.sizes == (16, 8) and cond.grid == (4, 4)
+        v, inter = dec.step(cond, x, dec.time_embed(t), return_intermediates=True)
+        ref, ref_inter = dec(quants, x, t, keep, torch.tensor([False, True]), return_intermediates=True)
+        assert torch.equal(v, ref) and torch.equal(inter["patches_final"], ref_inter["patches_final"])
+        # one noised input per group of condition rows: the patches are embedded once and shared
+        cond2 = dec.prepare_condition(torch.cat([quants, quants]), None, torch.arange(4) >= 2, (8, 8))
+        shared = dec.step(cond2, x, dec.time_embed(torch.cat([t, t])))
+        full = dec(torch.cat([quants, quants]), torch.cat([x, x]), torch.cat([t, t]), None, torch.arange(4) >= 2)
+        assert torch.equal(shared, full)
+        with pytest.raises(ValueError, match="divide"):
+            dec.step(cond2, torch.cat([x, x, x]), dec.time_embed(torch.cat([t, t])))
+        with pytest.raises(ValueError, match="patch grid"):
+            dec.step(cond, torch.zeros(2, 4, 4, 4), dec.time_embed(t))
+
+
 def test_from_official_reads_the_checkpoint_config(fixture):
     folder = fixture.folder
     vae_config = json.loads((folder / "vae_config.json").read_text())
@@ -361,14 +472,37 @@ def test_facts_and_registry():
     assert 2.5 < sizes["flextok-d18-d28-dfn"] < 2.6
 
 
+def test_any_image_input_is_center_cropped(tmp_path):
+    model = tiny()
+    square = torch.rand(3, 16, 16)
+    wide = torch.rand(3, 20, 40)
+    expected = zio.resize_center_crop(wide[None], 16)
+    assert expected.shape == (1, 3, 16, 16)
+    zio.save_image(tmp_path / "wide.png", wide)
+    pil = Image.open(tmp_path / "wide.png")
+    codes = model.encode([square, wide, pil, tmp_path / "wide.png"]).codes  # one batch of mixed inputs
+    assert codes.shape == (4, 8)
+    assert torch.equal(codes[0], model.encode(square).codes[0])
+    assert torch.equal(codes[1], model.encode(expected).codes[0])
+    assert torch.equal(codes[2], codes[3])  # PIL and path give the same (8-bit) image
+    # the centre crop keeps the middle: a wide image whose centre square is constant encodes like that constant
+    flat = torch.rand(3, 16, 48)
+    flat[:, :, 16:32] = 0.5
+    assert torch.equal(model.encode(flat).codes, model.encode(torch.full((3, 16, 16), 0.5)).codes)
+
+
 def test_bad_input_raises():
     model = tiny()
     good = torch.rand(2, 3, 16, 16)
     for bad, message in ((torch.rand(2, 4, 16, 16), "expected shape"), (good * 2, "values in"),
-                         (torch.full((1, 3, 16, 16), float("nan")), "NaN"), (torch.rand(1, 3, 14, 14), "multiples"),
-                         (torch.rand(1, 3, 32, 32), "at most"), ((good * 255).to(torch.uint8), "float")):
+                         (torch.full((1, 3, 16, 16), float("nan")), "NaN"), ((good * 255).to(torch.uint8), "float")):
         with pytest.raises(ValueError, match=message):
             model.encode(bad)
+    for bad, message in ((torch.rand(1, 3, 14, 14), "multiples"), (torch.rand(1, 3, 32, 32), "at most")):
+        with pytest.raises(ValueError, match=message):
+            model.encode(bad, resize="none")
+    with pytest.raises(ValueError, match="resize must be"):
+        model.encode(good, resize="stretch")
     codes = model.encode(good).codes
     assert codes.shape == (2, 8)
     cases = [

@@ -13,7 +13,7 @@ def test_list_models_wildcards_and_filters():
     assert zoo.list_models("*tiny*") == [n for n in zoo.list_models() if "tiny" in n]
     assert zoo.list_models(["wavtokenizer-small-*"]) == ["wavtokenizer-small-40tps", "wavtokenizer-small-75tps"]
     assert zoo.list_models("*", modality="image", kind="tokenizer") == [
-        n for n in zoo.list_models() if zoo.model_info(n).modality == "image"]
+        n for n in zoo.list_models() if zoo.model_info(n).modality == "image" and zoo.model_info(n).kind == "tokenizer"]
     assert zoo.list_models("no-such-*") == []
 
 

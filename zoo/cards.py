@@ -26,14 +26,14 @@ TEMPLATE = """---
 ```python
 import zoo
 
-tok = zoo.load("{{ load_name }}")
+{{ variable }} = zoo.load("{{ load_name }}")
 {{ usage }}
 ```
-
+{% if shell %}
 From a shell: `zoo encode {{ load_name }} INPUT -o tokens.safetensors`, then
 `zoo decode {{ load_name }} tokens.safetensors -o OUTPUT`.
-
-## Tokens
+{% endif %}
+## {{ facts_title }}
 
 | fact | value |
 |---|---|
@@ -78,12 +78,14 @@ def _format(value: Any) -> str:
 
 def render(spec: ModelSpec | None, *, facts: dict[str, Any], title: str, load_name: str, usage: str,
            metrics: dict[str, Any] | None = None, architecture: str = "", license: str = "unknown",
-           description: str = "") -> ModelCard:
+           description: str = "", tokenizer: bool = True) -> ModelCard:
     """Build the card.
 
     Args:
         spec: the registry entry, if the model is registered (license, paper, origin, tags, datasets).
-        facts: rows of the "Tokens" table (token shape, codebook size, bitrate, ...).
+        facts: rows of the facts table (token shape, codebook size, bitrate, ...).
+        tokenizer: a tokenizer's card (``tok``, the `zoo encode` / `zoo decode` commands, a "Tokens" table);
+            False for other models (``model``, no shell commands, a "Facts" table).
         metrics: ``{"description": str, "columns": [...], "rows": [[...], ...]}`` from a held-out measurement.
     """
     tags = ["tokzoo"]
@@ -112,6 +114,9 @@ def render(spec: ModelSpec | None, *, facts: dict[str, Any], title: str, load_na
         description=description or (spec.description if spec is not None else ""),
         load_name=load_name,
         usage=usage,
+        variable="tok" if tokenizer else "model",
+        shell=tokenizer,
+        facts_title="Tokens" if tokenizer else "Facts",
         facts=[(k, _format(v)) for k, v in facts.items()],
         metrics=metrics_view,
         origin_url=spec.origin_url if spec is not None else None,
@@ -133,4 +138,5 @@ def model_card(model, *, metrics: dict[str, Any] | None = None, load_name: str |
         usage=model.card_usage(),
         metrics=metrics if metrics is not None else model.card_info.get("metrics"),
         architecture=model.architecture,
+        tokenizer=hasattr(model, "encode") and hasattr(model, "decode") and hasattr(model, "codebook_size"),
     )

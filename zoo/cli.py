@@ -89,12 +89,49 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def _token_counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--tokens: expected comma-separated integers such as 1,4,16,256, got {text!r}") from None
+    if not counts:
+        raise ValueError("--tokens: give at least one token count")
+    return counts
+
+
+def _decode_kwargs(tok, args) -> dict:
+    kwargs = {}
+    if getattr(args, "seed", None) is not None:
+        kwargs["seed"] = args.seed
+    if getattr(args, "steps", None) is not None:
+        kwargs["steps"] = args.steps
+    if kwargs and tok.modality != "image":
+        raise ValueError("--seed / --steps apply to image decoders only")
+    return kwargs
+
+
+def coarse_to_fine_grid(tok, tokens: Tokens, counts: list[int], **decode_kwargs) -> torch.Tensor:
+    """One image's reconstructions from its first k tokens for every k in `counts`, decoded in one batch
+    (``keep_k`` per item) and tiled left to right with the token count under each: ``(3, H', W')``."""
+    codes = tokens.codes[:1]
+    n = codes.shape[1]
+    bad = [k for k in counts if not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"--tokens: counts must be in 1..{n} (tokens in the file), got {bad}")
+    images = tok.decode(codes.expand(len(counts), n), keep_k=counts, **decode_kwargs)
+    return zio.image_grid(images, ncols=len(counts), labels=[f"{k}" for k in counts])
+
+
 def cmd_decode(args) -> int:
     tok = _load(args.name, args)
     files = zio.list_files(args.inputs, (".safetensors",))
     if not files:
         raise ValueError("no token files found")
     _unique_stems(files)
+    counts = _token_counts(args.tokens) if args.tokens else None
+    if counts and tok.modality != "image":
+        raise ValueError("--tokens (a coarse-to-fine grid) applies to image tokenizers only")
+    decode_kwargs = _decode_kwargs(tok, args)
     out = Path(args.output)
     suffix = ".wav" if tok.modality == "audio" else ".png"
     single = len(files) == 1 and out.suffix == suffix
@@ -107,8 +144,10 @@ def cmd_decode(args) -> int:
         if tok.modality == "audio":
             audio = tok.decode(tokens)
             zio.save_audio(target, audio[0], int(tokens.meta.get("sample_rate", tok.sample_rate)))
+        elif counts:
+            zio.save_image(target, coarse_to_fine_grid(tok, tokens, counts, **decode_kwargs))
         else:
-            zio.save_image(target, tok.decode(tokens)[0])
+            zio.save_image(target, tok.decode(tokens, **decode_kwargs)[0])
         print(f"{path} -> {target}")
     return 0
 
@@ -182,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("inputs", nargs="+", help=what)
         p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
         p.add_argument("--device", default=None)
+        if name == "decode":
+            p.add_argument("--tokens", help="image tokenizers: comma-separated token counts, e.g. 1,2,4,...,256: "
+                                            "writes one PNG grid of reconstructions from coarse to fine")
+            p.add_argument("--seed", type=int, default=None, help="image decoders: noise seed")
+            p.add_argument("--steps", type=int, default=None, help="image decoders: sampling steps")
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="write a model folder (config.json, model.safetensors, README.md)")

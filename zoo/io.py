@@ -113,13 +113,79 @@ def save_image(path: str | Path, img: torch.Tensor) -> None:
         tensor_to_pil(img).save(tmp, format=(path.suffix[1:] or "png").upper().replace("JPG", "JPEG"))
 
 
-def image_grid(images: torch.Tensor | Sequence[torch.Tensor], ncols: int, pad: int = 2) -> torch.Tensor:
-    """Tile ``(N, 3, H, W)`` images into one ``(3, H', W')`` grid with white padding."""
+RESIZE_MODES = ("center_crop", "none")
+
+
+def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 3, H, W)`` -> ``(B, 3, size, size)``: the shorter side is resized to `size` (bicubic, antialiased,
+    clamped to [0, 1]), then the centre square is cut out. Square inputs of the right size pass unchanged."""
+    h, w = img.shape[-2:]
+    if (h, w) == (size, size):
+        return img
+    new_h, new_w = h, w
+    if min(h, w) != size:
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        img = torch.nn.functional.interpolate(img, size=(new_h, new_w), mode="bicubic", antialias=True).clamp(0, 1)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return img[..., top: top + size, left: left + size]
+
+
+def image_batch(images, size: int | None = None, resize: str = "center_crop") -> torch.Tensor:
+    """Images in any common form -> float ``(B, 3, H, W)`` in [0, 1].
+
+    Args:
+        images: a tensor ``(3, H, W)`` / ``(B, 3, H, W)`` in [0, 1], a PIL image, a path, or a list of these
+            (a list is resized item by item, so its images may differ in size).
+        size: the model's input size. With ``resize="center_crop"`` every image is brought to ``size x size`` by
+            `resize_center_crop`; with ``"none"`` images are passed at their own size (the model checks it).
+    """
+    from .api import as_image_batch
+
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("images: got an empty list")
+    batches = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            item = load_image(item)
+        elif isinstance(item, Image.Image):
+            item = pil_to_tensor(item)
+        what = "images" if len(items) == 1 else f"images[{i}]"
+        batch = as_image_batch(item, what)
+        if size is not None and resize == "center_crop":
+            batch = resize_center_crop(batch, size)
+        batches.append(batch)
+    shapes = {tuple(b.shape[-2:]) for b in batches}
+    if len(shapes) > 1:
+        raise ValueError(f"images: list items have different sizes {sorted(shapes)}; use resize='center_crop'")
+    return torch.cat(batches)
+
+
+def image_grid(images: torch.Tensor | Sequence[torch.Tensor], ncols: int, pad: int = 2,
+               labels: Sequence[str] | None = None) -> torch.Tensor:
+    """Tile ``(N, 3, H, W)`` images into one ``(3, H', W')`` grid with white padding; `labels` (one per image)
+    are written in black under the tiles."""
     images = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
     n, c, h, w = images.shape
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"labels: expected {n}, got {len(labels)}")
+    caption = 12 if labels is not None else 0
     nrows = math.ceil(n / ncols)
-    grid = torch.ones(c, nrows * (h + pad) + pad, ncols * (w + pad) + pad)
+    cell_h = h + caption + pad
+    grid = torch.ones(c, nrows * cell_h + pad, ncols * (w + pad) + pad)
     for i, img in enumerate(images):
         r, col = divmod(i, ncols)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
-    return grid
+        grid[:, pad + r * cell_h: pad + r * cell_h + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    if labels is None:
+        return grid
+    from PIL import ImageDraw
+
+    canvas = tensor_to_pil(grid)
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        r, col = divmod(i, ncols)
+        draw.text((pad + col * (w + pad) + 1, pad + r * cell_h + h), str(label), fill=(0, 0, 0))
+    return pil_to_tensor(canvas)

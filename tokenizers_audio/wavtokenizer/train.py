@@ -11,7 +11,6 @@ generator on the mel loss alone first (Vocos' ``pretrain_mel_steps``).
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from tqdm.auto import tqdm
 
 from zoo.metrics import log_mel
+from zoo.training import StepCounter, cosine_factor, resume_latest, save_complete_state
 
 from .model import WavTokenizer, WavTokenizerConfig
 
@@ -155,30 +155,6 @@ class TrainConfig:
     log_every: int = 50
 
 
-COMPLETE = "complete"  # marker file: the checkpoint folder was written to the end
-
-
-class StepCounter:
-    """The global step, saved and restored with the Accelerate state."""
-
-    def __init__(self):
-        self.value = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.value}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.value = int(state["step"])
-
-
-def cosine_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup to 1, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: list[torch.Tensor], output_dir: str,
           resume: bool = False, accelerator: Accelerator | None = None) -> WavTokenizer:
     """Train a WavTokenizer on 24 kHz `clips`; checkpoints (``save_state``) go to ``output_dir/checkpoints``.
@@ -210,16 +186,10 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
     model, disc, opt_g, opt_d, sched_g, sched_d, loader = accelerator.prepare(
         model, disc, opt_g, opt_d, sched_g, sched_d, loader)
     accelerator.register_for_checkpointing(counter)
-    if resume:
-        # only checkpoints whose save finished (marker written after save_state) are candidates
-        checkpoints = sorted((p for p in (output / "checkpoints").glob("checkpoint_*") if (p / COMPLETE).exists()),
-                             key=lambda p: int(p.name.split("_")[-1]))
-        if checkpoints:
-            accelerator.load_state(str(checkpoints[-1]))
-            accelerator.project_configuration.iteration = int(checkpoints[-1].name.split("_")[-1]) + 1
-            loader = accelerator.skip_first_batches(loader, counter.value)
-            sched_g.step()  # learning rates from the restored step, not from the saved optimizer state
-            sched_d.step()
+    if resume and resume_latest(accelerator, output):
+        loader = accelerator.skip_first_batches(loader, counter.value)
+        sched_g.step()  # learning rates from the restored step, not from the saved optimizer state
+        sched_d.step()
     step = counter.value
     progress = tqdm(total=tc.steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     for wav in loader:
@@ -256,10 +226,7 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
         if step % tc.log_every == 0 and accelerator.is_main_process:
             progress.write(f"step {step}: mel {mel.item():.4f} commit {commit.item():.4f} gen {loss_g.item():.3f}")
         if step % tc.save_every == 0 or step == tc.steps:
-            accelerator.wait_for_everyone()
-            saved = accelerator.save_state()
-            if accelerator.is_main_process:
-                (Path(saved) / COMPLETE).write_text(str(step))
+            save_complete_state(accelerator, step)
     progress.close()
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model).eval()

@@ -61,3 +61,23 @@ _official(18, 28, "in1k", "FlexTok d18-d28 (ImageNet-1k): 1 to 256 nested FSQ to
           "rectified-flow decoder with 28 layers.", ("imagenet-1k",))
 _official(18, 28, "dfn", "FlexTok d18-d28 trained on DFN web images (use it for non-ImageNet images): 1 to 256 "
           "nested FSQ tokens per 256x256 image.", ("dfn",))
+
+# The tiny model trained here (scripts/train_flextok.py): 64 x 64 images, f4 VAE with 8 channels, 8 x 8 patches,
+# 64 registers of the official 64,000-code FSQ, 4 + 4 transformer layers of width 128.
+TINY = dict(image_size=64, vae_latent_channels=8, vae_block_out_channels=(32, 64, 128), vae_layers_per_block=1,
+            vae_norm_num_groups=16, patch_size=2, posemb_grid=(8, 8), encoder_dim=128, encoder_depth=4,
+            encoder_head_dim=32, decoder_dim=128, decoder_depth=4, decoder_head_dim=32, num_registers=64,
+            max_timestep=1.0, null_cond="learned", head_adaLN=True, default_steps=25, default_guidance_scale=1.0,
+            default_apg=False)
+TINY_TRAINING_NOTES = "not trained yet"
+
+register_model(ModelSpec(
+    name="flextok-tiny-64px", family="flextok", kind="tokenizer", modality="image", architecture="flextok",
+    config=TINY, bundled="flextok-tiny-64px", license="mit", paper="https://arxiv.org/abs/2502.13967",
+    citation=CITATION, origin_url="https://github.com/apple/ml-flextok", codebook_size=64000, num_codebooks=1,
+    tokens_per_item="1-64 / image", input_size=64, datasets=("scikit-image photographs (zoo.data.photos)",),
+    tags=("image-tokenizer", "1d-tokenizer", "fsq", "rectified-flow", "tiny"),
+    description="A tiny FlexTok trained here on crops of the scikit-image photographs: 1 to 64 nested tokens "
+                "per 64 x 64 image. For the demo and the tests; far below the official models.",
+    notes=TINY_TRAINING_NOTES,
+))

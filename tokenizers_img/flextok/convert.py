@@ -469,6 +469,166 @@ def config_from_official(config: dict, *, vae_config: dict | None = None, **over
     return FlexTokConfig(**fields)
 
 
+def official_vae_config(config) -> dict:
+    """The diffusers ``AutoencoderKL`` config of `config`'s VAE (a `FlexTokConfig`): the official ``VAE_BASE_CFG``
+    with this model's architecture. It is the `vae_config` that `config_from_official` needs for a non-base VAE, and
+    what ``flextok.vae_wrapper.VAE_BASE_CFG`` must be updated with before instantiating the official model (its
+    wrapper builds the VAE from that module-level dict, not from the Hydra config)."""
+    n = len(config.vae_block_out_channels)
+    return {
+        "_class_name": "AutoencoderKL", "act_fn": config.vae_act_fn,
+        "block_out_channels": list(config.vae_block_out_channels),
+        "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
+        "in_channels": 3, "out_channels": 3, "latent_channels": config.vae_latent_channels,
+        "layers_per_block": config.vae_layers_per_block, "norm_num_groups": config.vae_norm_num_groups,
+        "mid_block_add_attention": config.vae_mid_block_add_attention, "sample_size": 1024, "scaling_factor": None,
+    }
+
+
+def to_official_config(config, *, sdpa_masks: bool = False) -> dict:
+    """A `FlexTokConfig` -> the official Hydra config (the inverse of `config_from_official`).
+
+    Only targets of `ALLOWED_TARGETS` are used, with the module names and data-dict keys of the official layout.
+    ``config_from_official(to_official_config(c), vae_config=official_vae_config(c)) == c`` holds when
+    ``c.image_size`` is the size of the positional grid and the `decode` defaults (``default_steps``,
+    ``default_guidance_scale``, ``default_apg``) are the class defaults: these are not part of the official config
+    (pass them to `config_from_official` as overrides otherwise). Training-only arguments get inference values (no
+    activation checkpointing, ``n_min`` 1, dropout probability 0.1).
+
+    Args:
+        config: the model config; ``max_timestep`` must be set (the official class would silently use 1000).
+        sdpa_masks: materialise the attention masks (``return_materialized_mask``): needed by the official SDPA
+            fallback (``FlexAttention.use_flex_attention = False``), e.g. on CPU. Otherwise the packers build
+            flex_attention BlockMasks (the official default).
+    """
+    c = config
+    if c.max_timestep is None:
+        raise ValueError("to_official_config: config.max_timestep is not set (the official default 1000 would "
+                         "silently apply)")
+    enc_dim, dec_dim, p, levels = c.encoder_dim, c.decoder_dim, c.patch_size, list(c.fsq_levels)
+    grid = list(c.posemb_grid)
+
+    def module(name: str, **kwargs) -> dict:
+        return {"_target_": f"flextok.model.{name}", **kwargs}
+
+    def per_sample(read: str, write: str, fn: str) -> dict:
+        return module("utils.dict_ops.PerSampleOp", read_key=read, write_key=write,
+                      per_sample_op={"_target_": f"flextok.model.utils.dict_ops.{fn}", "_partial_": True})
+
+    def packer(inputs: list[str], prefix: str, mask_write: str, mask_mode: str, **extra) -> dict:
+        return module("preprocessors.flex_seq_packing.BlockWiseSequencePacker", input_list_read_keys=inputs,
+                      packed_seq_write_key=f"{prefix}_packed_seq", block_mask_write_key=mask_write,
+                      inner_packed_shapes_write_key=f"{prefix}_ps_inner",
+                      outer_packed_shapes_write_key=f"{prefix}_ps_outer", mask_mode=mask_mode, pad_to_multiple=128,
+                      **extra, return_materialized_mask=sdpa_masks)
+
+    def unpacker(read: str, writes: list[str], prefix: str) -> dict:
+        return module("postprocessors.seq_unpacking.SequenceUnpacker", packed_seq_read_key=read,
+                      inner_seq_write_keys=writes, inner_packed_shapes_read_key=f"{prefix}_ps_inner",
+                      outer_packed_shapes_read_key=f"{prefix}_ps_outer")
+
+    def patch_emb(read: str, write: str, n_write: str, dim: int) -> dict:
+        return module("preprocessors.patching.PatchEmbedder", input_tensor_list_read_key=read,
+                      patches_list_write_key=write, n_patches_write_key=n_write, channels_in=c.vae_latent_channels,
+                      dim=dim, patch_sizes=[p, p], flatten_patches=False)
+
+    def sincos(key: str, dim: int) -> dict:
+        return module("utils.posembs.PositionalEmbeddingAdder", read_key=key, write_key=key, dim=dim,
+                      max_sizes=grid, posemb_type="sincos", posemb_scaling="absolute")
+
+    encoder = {
+        "enc_channels_to_last": per_sample("vae_latents", "vae_latents_bhwc", "channels_first_to_last"),
+        "enc_patch_emb": patch_emb("vae_latents_bhwc", "enc_vae_latents_patched", "enc_n_patches", enc_dim),
+        "enc_posemb_module": sincos("enc_vae_latents_patched", enc_dim),
+        "enc_register_module": module(
+            "preprocessors.registers.Registers1D", input_tensor_list_read_key="enc_vae_latents_patched",
+            register_sizes_read_write_key="register_sizes", registers_write_key="enc_registers", dim=enc_dim,
+            n_min=1, n_max=c.num_registers, size_sampling_mode="uniform", ordering_mode="nested"),
+        "enc_seq_packer": packer(["enc_vae_latents_patched", "enc_registers"], "enc", "enc_block_mask",
+                                 "causal_last"),
+        "enc_transformer": module(
+            "trunks.transformers.FlexTransformer", input_seq_read_key="enc_packed_seq",
+            output_seq_write_key="enc_packed_seq", dim=enc_dim, depth=c.encoder_depth, head_dim=c.encoder_head_dim,
+            mlp_ratio=c.mlp_ratio, block_mask_read_key="enc_block_mask", use_act_checkpoint=False),
+        "enc_unpacker": unpacker("enc_packed_seq", ["enc_vae_latents_patched", "enc_registers"], "enc"),
+        "enc_to_latents": module(
+            "postprocessors.heads.LinearHead", read_key="enc_registers", write_key="enc_registers", dim=enc_dim,
+            dim_out=len(levels), use_mup_readout=False, weight_init_style="zero", dtype_override=None),
+    }
+    if c.null_cond == "learned":
+        null_cond = module("preprocessors.nullcond.LearnedNullCond", read_write_key="dec_quants", dim=dec_dim,
+                           eval_drop_flag_read_key="eval_dropout_mask", dropout_prob=0.1)
+    else:
+        null_cond = module("preprocessors.nullcond.ZeroNullCond", read_write_key="dec_quants",
+                           eval_drop_flag_read_key="eval_dropout_mask", dropout_prob=0.1)
+    head = module("postprocessors.heads.ToPatchesLinearHead", read_key="dec_patches",
+                  write_key="vae_latents_reconst_bhwc", dim=dec_dim, channels_out=c.vae_latent_channels,
+                  patch_sizes=[p, p], use_mup_readout=False, weight_init_style="zero", dtype_override=None)
+    if c.head_adaLN:
+        head["adaLN_emb_read_key"] = "dec_temb"
+    decoder = {
+        "dec_from_latents": module("preprocessors.linear.LinearLayer", read_key="enc_registers_quant",
+                                   write_key="dec_quants", dim_in=len(levels), dim=dec_dim),
+        "dec_registers_posemb_module": module(
+            "utils.posembs.PositionalEmbeddingAdder", read_key="dec_quants", write_key="dec_quants", dim=dec_dim,
+            max_sizes=[c.num_registers], posemb_type="learnable_sum", posemb_scaling="absolute"),
+        "dec_nested_dropout": module(
+            "preprocessors.token_dropout.MaskedNestedDropout", read_write_key="dec_quants", dim=dec_dim,
+            eval_keep_k_read_key="eval_keep_k", train_keep_k_write_key="train_keep_k", size_sampling_mode="uniform"),
+        "dec_latent_dropout": null_cond,
+        "dec_noise_channels_to_last": per_sample("vae_latents_noised", "vae_latents_noised_bhwc",
+                                                 "channels_first_to_last"),
+        "dec_noise_patch_emb": patch_emb("vae_latents_noised_bhwc", "dec_patches", "dec_n_patches", dec_dim),
+        "dec_patches_posemb_module": sincos("dec_patches", dec_dim),
+        "dec_seq_packer": packer(["dec_patches", "dec_quants"], "dec", "dec_sa_block_mask", "full",
+                                 emb_packing_fn_write_key="dec_adaLN_packing_fn",
+                                 per_subseq_embs=c.adaLN_expansion == 2),
+        "dec_time_embedder": module(
+            "preprocessors.time_embedding.TimestepEmbedder", timesteps_read_key="timesteps",
+            time_embedding_write_key="dec_temb", dim=dec_dim, frequency_embedding_size=c.time_frequency_size,
+            max_timestep=float(c.max_timestep)),
+        "dec_transformer": module(
+            "trunks.transformers.FlexTransformer", input_seq_read_key="dec_packed_seq",
+            output_seq_write_key="dec_packed_seq", dim=dec_dim, depth=c.decoder_depth, head_dim=c.decoder_head_dim,
+            mlp_ratio=c.mlp_ratio, block_mask_read_key="dec_sa_block_mask", adaLN_emb_read_key="dec_temb",
+            adaLN_packing_fn_read_key="dec_adaLN_packing_fn", adaLN_expansion=c.adaLN_expansion,
+            use_act_checkpoint=False),
+        "dec_unpacker": unpacker("dec_packed_seq", ["dec_patches", "dec_quants"], "dec"),
+        "dec_to_patches": head,
+        "dec_channels_to_first": per_sample("vae_latents_reconst_bhwc", "vae_latents_reconst",
+                                            "channels_last_to_first"),
+    }
+    wrapper = "flextok.model.utils.wrappers.SequentialModuleDictWrapper"
+    return {
+        "_target_": "flextok.flextok_wrapper.FlexTok",
+        "vae": {
+            "_target_": "flextok.vae_wrapper.StableDiffusionVAE", "images_read_key": "rgb",
+            "vae_latents_read_key": "vae_latents_reconst", "vae_latents_write_key": "vae_latents",
+            "images_reconst_write_key": "rgb_reconst", "vae_kl_loss_write_key": None,
+            "latent_channels": c.vae_latent_channels, "scaling_factor": c.vae_scaling_factor, "dtype_override": "fp32",
+            "hf_hub_path": None, "sample_posterior": c.sample_posterior, "frozen": True,
+        },
+        "encoder": {"_target_": wrapper, "module_dict": encoder},
+        "decoder": {"_target_": wrapper, "module_dict": decoder},
+        "regularizer": {
+            "_target_": "flextok.regularizers.quantize_fsq.FSQ", "latents_read_key": "enc_registers",
+            "quants_write_key": "enc_registers_quant", "tokens_write_key": "tokens", "levels": levels,
+            "drop_quant_p": 0.0, "packed_call": True,
+        },
+        "flow_matching_noise_module": {
+            "_target_": "flextok.flow_matching.noise_modules.MinRFNoiseModule", "clean_images_read_key": "vae_latents",
+            "noised_images_write_key": "vae_latents_noised", "timesteps_write_key": "timesteps",
+            "sigmas_write_key": "sigmas", "ln": True, "noise_write_key": "flow_noise",
+        },
+        "pipeline": {
+            "_target_": "flextok.flow_matching.pipelines.MinRFPipeline", "_partial_": True, "noise_read_key": None,
+            "target_sizes_read_key": None, "latents_read_key": "enc_registers_quant",
+            "timesteps_read_key": "timesteps", "noised_images_read_key": "vae_latents_noised",
+            "reconst_write_key": "vae_latents_reconst", "out_channels": c.vae_latent_channels,
+        },
+    }
+
+
 def parse_safetensors_metadata(metadata: dict[str, str]) -> dict:
     """The Hydra config stored by the official ``save_safetensors``: one entry per top-level key, the value being
     Python ``str()`` of that sub-dict. Parsed with `ast.literal_eval` (literals only, never code); plain strings stay

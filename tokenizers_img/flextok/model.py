@@ -12,6 +12,8 @@ Differences from the official implementation (none changes the numbers beyond fl
   `scaled_dot_product_attention` (runs on CPU, CUDA and MPS; no flex_attention / torch.compile);
 * per-image `keep_k` and the CFG null condition are per-row tensor selections, so mixed lengths decode in one batch;
 * the conditional and the unconditional CFG passes run as one batch;
+* the sampler computes the condition (register tokens, position table) once, not at every step, and the last
+  transformer block of each trunk updates only the tokens its head reads (keys and values still cover all tokens);
 * no data-dict plumbing, no deep copies per sampling step.
 """
 
@@ -26,7 +28,8 @@ from diffusers import AutoencoderKL
 from torch import nn
 from vector_quantize_pytorch import FSQ
 
-from zoo.api import Tokenizer, Tokens, as_image_batch, check_codes
+from zoo import io as zio
+from zoo.api import Tokenizer, Tokens, check_codes
 from zoo.registry import register_architecture
 
 from .modules import APG, FlexTokDecoder, FlexTokEncoder, classifier_free_guidance
@@ -329,8 +332,10 @@ class FlexTok(Tokenizer):
                        guidance_scale: float | Callable[[float], float] = 1.0, apg: bool = False,
                        generator: torch.Generator | None = None, return_trajectory: bool = False):
         """Rectified-flow sampling (official ``MinRFPipeline``): Euler steps ``t_i = i / steps`` for i = steps..1,
-        ``x <- x - (1 / steps) * v``; with guidance != 1 the null-condition pass runs in the same batch, combined by
-        plain CFG or APG. Returns the final latents (and the per-step t, x, v_cond, v_uncond on request)."""
+        ``x <- x - (1 / steps) * v``; with guidance != 1 the null-condition pass runs in the same batch (its noised
+        patches embedded once for both halves), combined by plain CFG or APG. The register tokens, the patch position
+        table and the time embeddings of all steps are computed before the loop; the result is bit-identical to one
+        full decoder call per step. Returns the final latents (and the per-step t, x, v_cond, v_uncond on request)."""
         codes, keep = self.prepare_codes(tokens, keep_k)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -344,28 +349,34 @@ class FlexTok(Tokenizer):
         x = noise.to(self.device, torch.float32)
         if x.shape[0] != b:
             raise ValueError(f"noise: expected {b} items, got {tuple(x.shape)}")
+        dec = self.decoder
         quants = self.codes_to_quants(codes)
         do_cfg = callable(guidance_scale) or guidance_scale != 1.0
+        # Computed once: the register tokens (conditional rows, then the null-condition rows for CFG) and the patch
+        # position table; the time embeddings of all steps before the loop (their range check syncs a GPU).
         if do_cfg:
-            quants2, keep2 = torch.cat([quants, quants]), torch.cat([keep, keep])
-            uncond2 = torch.arange(2 * b, device=self.device) >= b
+            uncond = torch.arange(2 * b, device=self.device) >= b
+            cond = dec.prepare_condition(torch.cat([quants, quants]), torch.cat([keep, keep]), uncond, x.shape[2:])
+        else:
+            cond = dec.prepare_condition(quants, keep, None, x.shape[2:])
+        times = [i / steps for i in range(steps, 0, -1)]
+        rows = cond.registers.shape[0]
+        # one (rows, D) embedding per step, exactly as a per-step call makes it (bitwise: GEMMs are not row-invariant)
+        tembs = [dec.time_embed(t * torch.ones(rows, device=self.device)) for t in times]
         guide = APG() if (do_cfg and apg) else None
         dt = 1.0 / steps  # a Python float, as in the official sampler
         trajectory: dict[str, list[torch.Tensor]] = {"t": [], "x": [], "v_cond": [], "v_uncond": []}
-        for i in range(steps, 0, -1):
-            t = i / steps
-            tt = t * torch.ones(b, device=self.device)
+        for t, temb in zip(times, tembs, strict=True):
+            v = dec.step(cond, x, temb).float()
             if do_cfg:
-                v = self.decoder(quants2, torch.cat([x, x]), torch.cat([tt, tt]), keep2, uncond2).float()
                 v_cond, v_uncond = v[:b], v[b:]
                 scale = guidance_scale(t) if callable(guidance_scale) else guidance_scale
                 v = guide(v_cond, v_uncond, scale) if guide is not None else classifier_free_guidance(
                     v_cond, v_uncond, scale)
             else:
-                v_cond = v = self.decoder(quants, x, tt, keep, None).float()
-                v_uncond = None
+                v_cond, v_uncond = v, None
             if return_trajectory:
-                trajectory["t"].append(tt)
+                trajectory["t"].append(t * torch.ones(b, device=self.device))
                 trajectory["x"].append(x)
                 trajectory["v_cond"].append(v_cond)
                 if v_uncond is not None:
@@ -382,13 +393,18 @@ class FlexTok(Tokenizer):
 
     # --- public API ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> Tokens:
-        """Images ``(B, 3, H, W)`` (or ``(3, H, W)``) in [0, 1] -> `Tokens` with codes ``(B, N)`` int64.
+    def encode(self, x, *, resize: str = "center_crop", generator: torch.Generator | None = None) -> Tokens:
+        """Images -> `Tokens` with codes ``(B, N)`` int64, ordered coarse to fine (any prefix decodes).
 
-        The tokens are ordered coarse to fine: any prefix ``codes[:, :k]`` decodes to an image.
-        `generator` is used only with ``config.sample_posterior``.
+        Args:
+            x: a tensor ``(3, H, W)`` / ``(B, 3, H, W)`` in [0, 1], a PIL image, a path, or a list of these.
+            resize: ``"center_crop"`` (default): every image is brought to ``config.image_size`` square: shorter side
+                resized to it (bicubic, antialiased), then the centre crop (`zoo.io.resize_center_crop`).
+                ``"none"``: encoded at its own size, which must be a multiple of the VAE factor x patch size and fit
+                the positional tables.
+            generator: used only with ``config.sample_posterior``.
         """
-        images = as_image_batch(x)
+        images = zio.image_batch(x, self.config.image_size, resize)
         h, w = self._check_size(images.shape[-2:])
         latents = self.vae_encode(images.to(self.device).float() * 2 - 1, generator)
         codes = self.encode_latents(latents)["tokens"]

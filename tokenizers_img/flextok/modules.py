@@ -19,6 +19,7 @@ scale_mlp`` with one ``6 * D`` chunk per sub-sequence (patches, registers), ``[c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,24 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1.0 + scale) + shift
+
+
+def _join(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def modulate_segments(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                      sizes: tuple[int, ...]) -> torch.Tensor:
+    """`modulate` of ``x (B, L, D)`` whose consecutive token segments (lengths `sizes`) each take one row of
+    ``shift, scale (B, >= len(sizes), D)``, broadcast over the segment (no per-token copy of the modulation)."""
+    parts = x.split(sizes, dim=1)
+    return _join([modulate(part, shift[:, i:i + 1], scale[:, i:i + 1]) for i, part in enumerate(parts)])
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """``x + gate * y`` for ``x, y (B, L, D)`` with one ``gate`` row ``(B, >= len(sizes), D)`` per token segment."""
+    pairs = zip(x.split(sizes, dim=1), y.split(sizes, dim=1), strict=True)
+    return _join([a + gate[:, i:i + 1] * b for i, (a, b) in enumerate(pairs)])
 
 
 def sincos_posemb_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -96,17 +115,19 @@ class Attention(nn.Module):
         self.wv = nn.Linear(dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                queries: slice = slice(None)) -> torch.Tensor:
+        """``(B, L, D)`` -> ``(B, Lq, D)``: the tokens ``x[:, queries]`` (default all) attend to all ``L`` tokens;
+        `mask` is a boolean ``(Lq, L)`` mask (True = may attend) or None (full attention)."""
         b, n, d = x.shape
-
-        def heads(t):
-            return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q = layer_norm(heads(self.wq(x)))
-        k = layer_norm(heads(self.wk(x)))
-        v = heads(self.wv(x))
+        xq = x[:, queries]
+        nq = xq.shape[1]
+        # QK-norm on the contiguous (B, L, heads, head_dim) layout, then the (free) transpose to (B, heads, L, hd).
+        q = layer_norm(self.wq(xq).view(b, nq, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = layer_norm(self.wk(x).view(b, n, self.num_heads, self.head_dim)).transpose(1, 2)
+        v = self.wv(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(out.transpose(1, 2).reshape(b, nq, d))
 
 
 class SwiGLU(nn.Module):
@@ -131,16 +152,20 @@ class Block(nn.Module):
         self.attn = Attention(dim, head_dim)
         self.mlp = SwiGLU(dim, mlp_ratio)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(layer_norm(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                queries: slice = slice(None)) -> torch.Tensor:
+        """``(B, L, D)`` -> ``(B, Lq, D)``: only the tokens ``x[:, queries]`` are updated and returned (all by
+        default); all tokens serve as keys and values. `mask`: boolean ``(L, L)``, True = may attend."""
+        mask = None if mask is None else mask[queries]
+        x = x[:, queries] + self.attn(layer_norm(x), mask, queries)
         return x + self.mlp(layer_norm(x))
 
 
 class AdaLNBlock(Block):
     """Block with adaLN-zero modulation from the time embedding, one ``6 * D`` chunk per sub-sequence.
 
-    ``adaLN_modulation = SiLU -> Linear(D, expansion * 6 * D)``; chunk ``i`` of the output modulates the tokens with
-    segment id ``i`` (patches 0, registers 1 when ``expansion == 2``; everything 0 when it is 1).
+    ``adaLN_modulation = SiLU -> Linear(D, expansion * 6 * D)``; chunk ``i`` of the output modulates the ``i``-th
+    segment of consecutive tokens (patches, registers when ``expansion == 2``; the whole sequence when it is 1).
     """
 
     def __init__(self, dim: int, head_dim: int, mlp_ratio: float = 4.0, expansion: int = 2):
@@ -148,13 +173,32 @@ class AdaLNBlock(Block):
         self.expansion = expansion
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, expansion * 6 * dim, bias=True))
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, segments: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, d = x.shape
-        mod = self.adaLN_modulation(temb).view(b, self.expansion, 6 * d)[:, segments]  # (B, L, 6D)
-        gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = mod.chunk(6, dim=-1)
-        x = x + gate_msa * self.attn(modulate(layer_norm(x), shift_msa, scale_msa), mask)
-        return x + gate_mlp * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, sizes: tuple[int, ...],
+                num_queries: int | None = None) -> torch.Tensor:
+        """``x (B, L, D)``, ``temb (B, D)``, `sizes` = the ``expansion`` segment lengths (sum ``L``) -> ``(B, Lq, D)``.
+
+        With `num_queries` only the first ``Lq`` tokens are updated and returned; the others still serve as keys and
+        values.
+        """
+        b, _, d = x.shape
+        mod = self.adaLN_modulation(temb).view(b, self.expansion, 6 * d)
+        gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = mod.chunk(6, dim=-1)  # (B, expansion, D)
+        q_sizes = sizes if num_queries is None else _leading_segments(sizes, num_queries)
+        h = self.attn(modulate_segments(layer_norm(x), shift_msa, scale_msa, sizes), None, slice(None, num_queries))
+        x = gated_residual(x[:, :num_queries], gate_msa, h, q_sizes)
+        h = self.mlp(modulate_segments(layer_norm(x), shift_mlp, scale_mlp, q_sizes))
+        return gated_residual(x, gate_mlp, h, q_sizes)
+
+
+def _leading_segments(sizes: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """The segment lengths of the first `n` tokens (the last one cut short where `n` ends inside it)."""
+    out, total = [], 0
+    for size in sizes:
+        if total >= n:
+            break
+        out.append(min(size, n - total))
+        total += out[-1]
+    return tuple(out)
 
 
 class LinearHead(nn.Module):
@@ -222,23 +266,48 @@ class FlexTokEncoder(nn.Module):
         self.head = LinearHead(dim, dim_out)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        patches = patch_embed(latents, self.patch_size, self.patch_proj, self.posembs)
+        nh, nw = latents.shape[2] // self.patch_size, latents.shape[3] // self.patch_size
+        patches = patch_embed(latents, self.patch_size, self.patch_proj, grid_posemb(self.posembs, nh, nw))
         b, num_patches = patches.shape[:2]
         x = torch.cat([patches, self.registers[None].expand(b, -1, -1).to(patches.dtype)], dim=1)
         mask = prefix_lm_mask(num_patches, self.registers.shape[0], device=x.device)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.head(x[:, num_patches:])
+        # The head reads only the registers: the last block updates those alone (patches stay keys / values).
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, slice(num_patches, None) if i == len(self.blocks) - 1 else slice(None))
+        return self.head(x[:, -self.registers.shape[0]:])  # the registers
 
 
-def patch_embed(latents: torch.Tensor, p: int, proj: nn.Linear, posembs: torch.Tensor) -> torch.Tensor:
-    """Patchify, project and add the (cropped) sin-cos table: ``(B, C, h, w)`` -> ``(B, h/p * w/p, D)``."""
-    x = proj(patchify(latents.to(proj.weight.dtype), p))  # (B, nh, nw, D)
-    nh, nw = x.shape[1:3]
+def grid_posemb(posembs: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+    """The sin-cos table ``(1, D, rows, cols)`` cropped to an ``nh x nw`` patch grid: ``(1, nh * nw, D)``."""
     if nh > posembs.shape[2] or nw > posembs.shape[3]:
         raise ValueError(f"a {nh}x{nw} patch grid exceeds the positional table ({posembs.shape[2]}x{posembs.shape[3]})")
-    x = x + posembs[:, :, :nh, :nw].permute(0, 2, 3, 1).to(x.dtype)
-    return x.flatten(1, 2)
+    return posembs[:, :, :nh, :nw].permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def patch_embed(latents: torch.Tensor, p: int, proj: nn.Linear, posemb: torch.Tensor) -> torch.Tensor:
+    """Patchify, project and add the position table (`grid_posemb`): ``(B, C, h, w)`` -> ``(B, h/p * w/p, D)``."""
+    x = proj(patchify(latents.to(proj.weight.dtype), p)).flatten(1, 2)  # (B, nh * nw, D)
+    return x + posemb.to(x.dtype)
+
+
+@dataclass
+class DecoderCondition:
+    """What a decoder call computes from its condition alone, i.e. all that stays fixed across sampling steps
+    (`FlexTokDecoder.prepare_condition`).
+
+    Attributes:
+        registers: ``(B, N, D)`` register tokens: FSQ values projected, position embedding added, mask token beyond
+            `keep_k`, null condition on the unconditional rows.
+        patch_posemb: ``(1, nh * nw, D)`` sin-cos table of the patch grid, in the decoder dtype.
+        grid: the patch grid ``(nh, nw)`` of the latents.
+        sizes: the token segments that take one adaLN chunk each: ``(nh * nw, N)`` (patches, registers), or
+            ``(nh * nw + N,)`` with one shared chunk.
+    """
+
+    registers: torch.Tensor
+    patch_posemb: torch.Tensor
+    grid: tuple[int, int]
+    sizes: tuple[int, ...]
 
 
 class FlexTokDecoder(nn.Module):
@@ -247,6 +316,10 @@ class FlexTokDecoder(nn.Module):
     Register tokens: ``Linear(len(levels) -> D)`` + learned position embedding; positions ``>= keep_k`` of an item are
     replaced by the mask token (after the position embedding, so masked positions carry none); items flagged for the
     CFG null condition have all their register tokens replaced by the learned null token (or zeros).
+
+    `forward` is one call from scratch (training, single evaluations). A sampler splits it: `prepare_condition` once
+    (register tokens, position table, adaLN segments), `time_embed` for every timestep before the loop, then one
+    `step` per Euler step.
     """
 
     def __init__(self, latent_channels: int, patch_size: int, dim: int, depth: int, head_dim: int,
@@ -288,27 +361,58 @@ class FlexTokDecoder(nn.Module):
             r = torch.where(uncond.to(r.device)[:, None, None], null, r)
         return r
 
+    def prepare_condition(self, quants: torch.Tensor, keep_k: torch.Tensor | None, uncond: torch.Tensor | None,
+                          latent_size: tuple[int, int]) -> DecoderCondition:
+        """The step-invariant part of a call: FSQ values ``(B, N, len(levels))``, ``keep_k (B,)`` int64 (None = keep
+        all), ``uncond (B,)`` bool (None = none), latents of size ``(h, w)``."""
+        p = self.patch_size
+        nh, nw = latent_size[0] // p, latent_size[1] // p
+        registers = self.register_tokens(quants, keep_k, uncond)
+        posemb = grid_posemb(self.posembs, nh, nw).to(registers.dtype)
+        n = registers.shape[1]
+        sizes = (nh * nw, n) if self.adaLN_expansion == 2 else (nh * nw + n,)
+        return DecoderCondition(registers, posemb, (nh, nw), sizes)
+
+    def step(self, cond: DecoderCondition, noised: torch.Tensor, temb: torch.Tensor,
+             return_intermediates: bool = False):
+        """Velocity ``(B, C, h, w)`` in the decoder dtype (plus ``{"temb", "patches_final"}`` on request).
+
+        Args:
+            cond: from `prepare_condition`, ``B`` rows.
+            noised: ``(B, C, h, w)``, or ``(B / r, C, h, w)`` when each noised input serves ``r`` consecutive groups of
+                condition rows (the CFG batch ``[cond; uncond]`` sees the same ``x``: its patches are embedded once).
+            temb: ``(B, D)`` from `time_embed`.
+        """
+        nh, nw = cond.grid
+        if noised.shape[2:] != (nh * self.patch_size, nw * self.patch_size):
+            raise ValueError(f"noised latents of size {tuple(noised.shape[2:])} do not fit the prepared patch grid "
+                             f"{nh}x{nw}")
+        b = cond.registers.shape[0]
+        if b % noised.shape[0]:
+            raise ValueError(f"{noised.shape[0]} noised inputs do not divide {b} condition rows")
+        patches = patch_embed(noised, self.patch_size, self.patch_proj, cond.patch_posemb)
+        num_patches = patches.shape[1]
+        if b != noised.shape[0]:
+            patches = patches.repeat(b // noised.shape[0], 1, 1)
+        x = torch.cat([patches, cond.registers], dim=1)
+        # The head reads only the patch tokens: the last block updates those alone (registers stay keys / values).
+        for i, block in enumerate(self.blocks):
+            x = block(x, temb, cond.sizes, num_patches if i == len(self.blocks) - 1 else None)
+        final = x[:, :num_patches]
+        out = self.head(final, temb).view(b, nh, nw, -1)
+        velocity = unpatchify(out, self.patch_size, self.latent_channels)
+        if return_intermediates:
+            return velocity, {"temb": temb, "patches_final": final.reshape(b, nh, nw, -1)}
+        return velocity
+
     def forward(self, quants: torch.Tensor, noised: torch.Tensor, timesteps: torch.Tensor,
                 keep_k: torch.Tensor | None = None, uncond: torch.Tensor | None = None,
                 return_intermediates: bool = False):
-        """Velocity ``(B, C, h, w)`` (float32 if the decoder is), plus ``{"temb", "patches_final"}`` on request."""
-        registers = self.register_tokens(quants, keep_k, uncond)
-        patches = patch_embed(noised, self.patch_size, self.patch_proj, self.posembs)
-        nh, nw = noised.shape[2] // self.patch_size, noised.shape[3] // self.patch_size
-        num_patches = patches.shape[1]
-        x = torch.cat([patches, registers], dim=1)
-        segments = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
-        if self.adaLN_expansion == 2:
-            segments[num_patches:] = 1
-        temb = self.time_embed(timesteps.to(x.device))
-        for block in self.blocks:
-            x = block(x, temb, segments)
-        final = x[:, :num_patches]
-        out = self.head(final, temb).view(x.shape[0], nh, nw, -1)
-        velocity = unpatchify(out, self.patch_size, self.latent_channels)
-        if return_intermediates:
-            return velocity, {"temb": temb, "patches_final": final.reshape(x.shape[0], nh, nw, -1)}
-        return velocity
+        """One call from scratch: FSQ values ``(B, N, len(levels))``, noised latents ``(B, C, h, w)``, timesteps
+        ``(B,)`` -> velocity ``(B, C, h, w)`` (float32 if the decoder is), plus ``{"temb", "patches_final"}`` on
+        request."""
+        cond = self.prepare_condition(quants, keep_k, uncond, tuple(noised.shape[2:]))
+        return self.step(cond, noised, self.time_embed(timesteps.to(noised.device)), return_intermediates)
 
 
 # ----------------------------------------------------------------------------------------------------------------

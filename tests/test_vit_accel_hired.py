@@ -1,0 +1,154 @@
+"""HiRED token selection (vit_accel.hired): parity with the official code's masks, budgets and CLS attention on the
+shared fixtures, the in-ViT patch, and argument errors."""
+
+import functools
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
+
+import vit_accel
+from vit_accel import hired
+
+KWARGS = dict(img_size=64, patch_size=8, in_chans=3, embed_dim=96, depth=6, num_heads=3, mlp_ratio=4.0,
+              qkv_bias=True, class_token=True, global_pool="token", num_classes=10)
+
+
+@functools.cache
+def load_fixture(folder):
+    meta = json.loads((folder / "config.json").read_text())
+    model = VisionTransformer(**meta["model"]["kwargs"]).eval()
+    model.load_state_dict(load_file(folder / "official_state_dict.safetensors"), strict=True)
+    return meta, load_file(folder / "io.safetensors"), model
+
+
+@pytest.fixture
+def fixture(parity_dir):
+    return load_fixture(parity_dir("vit_accel"))
+
+
+def random_vit(**overrides):
+    torch.manual_seed(0)
+    small = dict(img_size=32, patch_size=4, embed_dim=48, depth=4)
+    return VisionTransformer(**{**KWARGS, **small, **overrides}).eval()
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_llava_next_parity(fixture, case):
+    meta, io, model = fixture
+    h = meta["hired"]
+    c = h["next_cases"][case]
+    with torch.no_grad():
+        sel = hired.select(model, io["hired.tiles"], c["token_budget_rate"], alpha=c["alpha"],
+                           num_views=h["tiles"]["num_patches"], top_layer=h["top_layer"],
+                           bottom_layer=h["bottom_layer"])
+    torch.testing.assert_close(sel.cls_attn_top, io[h["tensors"]["cls_attn_top"]], rtol=0, atol=1e-5)
+    torch.testing.assert_close(sel.cls_attn_bottom, io[h["tensors"]["cls_attn_bottom"]], rtol=0, atol=1e-5)
+    expected = torch.cat([io[c["masks"]["image0"]], io[c["masks"]["image1"]]])
+    assert torch.equal(sel.mask, expected)
+    assert sel.budgets.tolist() == sum(c["tokens_kept_per_tile"], [])
+    per_image = sel.budgets.split(list(sel.num_views))
+    assert [b[1:].tolist() for b in per_image] == c["sub_img_budgets"]
+    assert [f.shape[0] for f in sel.features] == c["tokens_kept"]
+    # features: the bottom (= default feature, penultimate) block's output at the kept positions
+    blocks_out = model.forward_intermediates(io["hired.tiles"], indices=[4], intermediates_only=True,
+                                             output_fmt="NLC")[0]
+    for i, (feats, idx) in enumerate(zip(sel.features, sel.indices)):
+        views = blocks_out[sum(sel.num_views[:i]):sum(sel.num_views[:i + 1])]
+        torch.testing.assert_close(feats, views[idx[:, 0], idx[:, 1]], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", range(2))
+def test_llava15_parity(fixture, case):
+    meta, io, model = fixture
+    c = meta["hired"]["llava15_cases"][case]
+    with torch.no_grad():
+        sel = hired.select(model, io["images"], c["token_budget_rate"], bottom_layer=meta["hired"]["bottom_layer"])
+    torch.testing.assert_close(sel.cls_attn_bottom, io[meta["hired"]["tensors"]["llava15_cls_attn_bottom"]],
+                               rtol=0, atol=1e-5)
+    assert torch.equal(sel.mask, io[c["mask"]])
+    assert sel.mask.sum(1).tolist() == c["tokens_kept"] and sel.cls_attn_top is None
+    assert [idx[:, 0].max().item() for idx in sel.indices] == [0] * 4
+
+
+def test_batched_views_and_2d_tiles(fixture):
+    meta, io, model = fixture
+    tiles = io["hired.tiles"]
+    with torch.no_grad():
+        flat = hired.select(model, tiles[:5], 0.2, num_views=[5], bottom_layer=4)
+        stacked = hired.select(model, tiles[:5][None], 0.2, bottom_layer=4)
+        grid = hired.select(model, tiles, 0.2, num_views=[5, 3], bottom_layer=4, tile_grids=[(2, 2), (1, 2)])
+    assert torch.equal(flat.mask, stacked.mask) and stacked.num_views == (5,)
+    # the README's 2-D tile counts (instead of the official row bands)
+    assert grid.budgets.tolist() == [32, 10, 4, 8, 10, 19, 10, 8]
+
+
+def test_patch_exact_at_all_tokens_and_reversible(fixture):
+    meta, io, model = fixture
+    x = io["images"]
+    with torch.no_grad():
+        ref = model(x)
+        for budget in (1.0, 64):
+            vit_accel.patch(model, "hired", token_budget=budget)
+            assert torch.equal(model(x), ref)
+            vit_accel.unpatch(model)
+        vit_accel.patch(model, "hired", token_budget=16, layer=2)
+        out = model(x)
+        vit_accel.unpatch(model)
+        assert torch.equal(model(x), ref) and type(model.blocks[2]) is timm.models.vision_transformer.Block
+        # by hand: HiRED's single-view top-16 by block 2's CLS attention, then the remaining blocks
+        sel = hired.select(model, x, 16, bottom_layer=2, feature_layer=2)
+        h = model.blocks[:3](model.norm_pre(model._pos_embed(model.patch_embed(x))))
+        kept = torch.cat([h[:, :1], h[:, 1:][sel.mask].view(4, 16, -1)], dim=1)
+        manual = model.forward_head(model.norm(model.blocks[3:](kept)))
+    torch.testing.assert_close(out, manual, rtol=0, atol=1e-6)
+
+
+def test_patch_drops_tokens():
+    model = random_vit()
+    seen = []
+    model.blocks[-1].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    vit_accel.patch(model, "hired", token_budget=0.25, layer=1)
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert seen == [1 + 16]
+
+
+def test_bad_arguments():
+    model = random_vit()
+    x = torch.rand(3, 3, 32, 32)
+    for budget in (0, 65, 0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="token_budget"):
+            hired.select(model, x, budget)
+        with pytest.raises(ValueError, match="token_budget"):
+            vit_accel.patch(model, "hired", token_budget=budget)
+    for budget in (True, "all", None):
+        with pytest.raises(TypeError, match="token_budget"):
+            hired.select(model, x, budget)
+    with pytest.raises(ValueError, match="keeps no token"):
+        hired.select(model, x, 0.01)
+    with pytest.raises(ValueError, match="out of range"):
+        hired.select(model, x, 0.5, bottom_layer=4)
+    with pytest.raises(ValueError, match="out of range"):
+        vit_accel.patch(model, "hired", token_budget=8, layer=-5)
+    with pytest.raises(ValueError, match="sums to"):
+        hired.select(model, x, 0.5, num_views=[2, 2])
+    with pytest.raises(ValueError, match="global view"):
+        hired.select(model, x, 0.5, num_views=[1, 2])
+    with pytest.raises(ValueError, match="alpha"):
+        hired.select(model, x, 0.5, num_views=[3], alpha=1.0)
+    with pytest.raises(ValueError, match="do not divide"):
+        hired.select(model, torch.rand(4, 3, 32, 32), 0.5, num_views=[4])
+    with pytest.raises(ValueError, match="images must be"):
+        hired.select(model, x[0], 0.5)
+    assert not vit_accel.is_patched(model)
+    no_cls = random_vit(class_token=False, global_pool="avg")
+    with pytest.raises(ValueError, match="no CLS token"):
+        hired.select(no_cls, x, 0.5)
+    with pytest.raises(ValueError, match="no CLS token"):
+        vit_accel.patch(no_cls, "hired", token_budget=8)
+    with pytest.raises(TypeError, match="VisionTransformer"):
+        hired.select(torch.nn.Linear(2, 2), x, 0.5)

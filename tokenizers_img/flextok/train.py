@@ -1,0 +1,270 @@
+"""Training a FlexTok on Accelerate: first the VAE, then the encoder + FSQ + rectified-flow decoder on its latents.
+
+No official training loop is released (ml-flextok issue #2); this follows the paper and the released modules:
+
+* **VAE** (diffusers ``AutoencoderKL``): L1 + MSE reconstruction and a small KL term; afterwards the latent
+  scaling factor is set to ``1 / std`` of the posterior-mode latents on training crops (as Stable Diffusion's was
+  chosen), so the flow sees unit-variance latents.
+* **Tokenizer**: the VAE is frozen and the latents of a bank of random photo crops are computed once (posterior
+  mode, the deterministic tokenization the model uses at inference). Per item, nested dropout keeps the first
+  ``k`` registers with ``k`` drawn from the powers of two up to N (``size_sampling_mode="pow2"``) and the CFG null
+  condition replaces the registers with probability ``cond_dropout``; the rectified-flow loss is the MSE between
+  the decoder's velocity and ``noise - latents`` at ``x_t = t * noise + (1 - t) * latents`` with logit-normal ``t``
+  (official ``MinRFNoiseModule``). FSQ passes gradients straight through. REPA is not used (no DINOv2 offline).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from zoo.training import StepCounter, cosine_factor, resume_latest, save_complete_state
+
+from .model import FlexTok, FlexTokConfig, build_vae
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# data
+
+
+def photo_pyramid(photos: dict[str, torch.Tensor], size: int, max_side: int = 384) -> list[torch.Tensor]:
+    """Each photo ``(3, H, W)`` resized (bicubic, antialiased) so its shorter side is ``size * 2**(j/2)`` for every
+    j with a result no larger than `max_side` pixels (nor than the photo): the scales crops are taken from."""
+    levels = []
+    for img in photos.values():
+        short = min(img.shape[-2:])
+        j = 0
+        while True:
+            side = round(size * 2 ** (j / 2))
+            if side > min(max_side, short):
+                break
+            scale = side / short
+            hw = (max(size, round(img.shape[-2] * scale)), max(size, round(img.shape[-1] * scale)))
+            levels.append(F.interpolate(img[None], size=hw, mode="bicubic", antialias=True)[0].clamp(0, 1))
+            j += 1
+    return levels
+
+
+def random_crops(levels: list[torch.Tensor], size: int, n: int, seed: int) -> torch.Tensor:
+    """`n` random ``size x size`` crops ``(n, 3, size, size)`` in [0, 1] from the pyramid levels (uniform over
+    levels, then position), half of them mirrored."""
+    rng = random.Random(seed)
+    out = torch.empty(n, 3, size, size)
+    for i in range(n):
+        img = levels[rng.randrange(len(levels))]
+        y, x = rng.randint(0, img.shape[-2] - size), rng.randint(0, img.shape[-1] - size)
+        crop = img[:, y: y + size, x: x + size]
+        out[i] = crop.flip(-1) if rng.random() < 0.5 else crop
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# VAE
+
+
+@dataclass
+class VAETrainConfig:
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 4e-4
+    warmup_steps: int = 100
+    kl_weight: float = 1e-6
+    crops: int = 20000
+    seed: int = 0
+    save_every: int = 1000
+    log_every: int = 100
+
+
+def _loop_accelerator(output_dir: str | Path, accelerator: Accelerator | None) -> Accelerator:
+    return accelerator or Accelerator(project_config=ProjectConfiguration(
+        project_dir=str(output_dir), automatic_checkpoint_naming=True, total_limit=2))
+
+
+def train_vae(model_config: FlexTokConfig, tc: VAETrainConfig, photos: dict[str, torch.Tensor], output_dir: str,
+              resume: bool = False, accelerator: Accelerator | None = None):
+    """Train the FlexTok VAE of `model_config` on photo crops; returns (vae, scaling_factor)."""
+    accelerator = _loop_accelerator(output_dir, accelerator)
+    set_seed(tc.seed, device_specific=True)
+    vae = build_vae(model_config)
+    autoencoder = _Autoencode(vae)
+    crops = random_crops(photo_pyramid(photos, model_config.image_size), model_config.image_size, tc.crops, tc.seed)
+    loader = torch.utils.data.DataLoader(_Repeat(crops, tc.steps * tc.batch_size * accelerator.num_processes),
+                                         batch_size=tc.batch_size, shuffle=False, drop_last=True)
+    opt = torch.optim.AdamW(autoencoder.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    counter = StepCounter()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: cosine_factor(counter.value, tc.warmup_steps, tc.steps))
+    autoencoder, opt, sched, loader = accelerator.prepare(autoencoder, opt, sched, loader)
+    accelerator.register_for_checkpointing(counter)
+    if resume and resume_latest(accelerator, output_dir):
+        loader = accelerator.skip_first_batches(loader, counter.value)
+        sched.step()
+    progress = tqdm(total=tc.steps, initial=counter.value, disable=not accelerator.is_main_process, desc="vae")
+    for images in loader:
+        if counter.value >= tc.steps:
+            break
+        x = images * 2 - 1
+        recon, kl = autoencoder(x)
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        loss = rec + tc.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(autoencoder.parameters(), 1.0)
+        opt.step()
+        counter.value += 1
+        sched.step()
+        progress.update(1)
+        if counter.value % tc.log_every == 0 and accelerator.is_main_process:
+            psnr = -10 * math.log10(F.mse_loss((recon + 1) / 2, images).item() + 1e-12)
+            progress.write(f"vae step {counter.value}: rec {rec.item():.4f} psnr {psnr:.2f}")
+        if counter.value % tc.save_every == 0 or counter.value == tc.steps:
+            save_complete_state(accelerator, counter.value)
+    progress.close()
+    vae = accelerator.unwrap_model(autoencoder).vae.eval()
+    return vae, latent_scaling_factor(vae, crops[:2048])
+
+
+class _Autoencode(torch.nn.Module):
+    """Images in [-1, 1] -> (reconstruction from a posterior sample, mean KL): one forward for DDP."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(x).latent_dist
+        return self.vae.decode(posterior.sample()).sample, posterior.kl().mean()
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, images: torch.Tensor, batch_size: int = 128) -> float:
+    """``1 / std`` of the posterior-mode latents of `images` (in [0, 1])."""
+    latents = torch.cat([vae.encode(images[i: i + batch_size] * 2 - 1).latent_dist.mode()
+                         for i in range(0, len(images), batch_size)])
+    return float(1.0 / latents.float().std())
+
+
+class _Repeat(torch.utils.data.Dataset):
+    """`length` items drawn cyclically from `items` after one fixed shuffle (so resuming sees the same order)."""
+
+    def __init__(self, items: torch.Tensor, length: int, seed: int = 0):
+        self.items, self.length = items, length
+        self.order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.items[self.order[i % len(self.items)]]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# encoder + FSQ + rectified-flow decoder
+
+
+@dataclass
+class FlexTokTrainConfig:
+    steps: int = 8000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    cond_dropout: float = 0.1
+    keep_k_mode: str = "pow2"
+    crops: int = 30000
+    seed: int = 0
+    save_every: int = 1000
+    log_every: int = 100
+
+
+KEEP_K_MODES = ("pow2", "uniform")
+
+
+def sample_keep_k(batch: int, num_registers: int, mode: str, device=None) -> torch.Tensor:
+    """Nested-dropout lengths ``(B,)`` in 1..N: powers of two up to N (N itself included), or uniform."""
+    if mode == "pow2":
+        choices = sorted({2 ** i for i in range(int(math.log2(num_registers)) + 1)} | {num_registers})
+        pick = torch.randint(0, len(choices), (batch,), device=device)
+        return torch.tensor(choices, device=device)[pick]
+    if mode == "uniform":
+        return torch.randint(1, num_registers + 1, (batch,), device=device)
+    raise ValueError(f"keep_k_mode must be one of {KEEP_K_MODES}, got {mode!r}")
+
+
+class RectifiedFlowObjective(torch.nn.Module):
+    """Scaled VAE latents ``(B, C, h, w)`` -> the rectified-flow loss of the tokenizer (one forward, DDP-safe)."""
+
+    def __init__(self, model: FlexTok, cond_dropout: float, keep_k_mode: str):
+        super().__init__()
+        self.model, self.cond_dropout, self.keep_k_mode = model, cond_dropout, keep_k_mode
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        b = latents.shape[0]
+        quants = m.encode_latents(latents)["quants"]                                   # (B, N, d), straight-through
+        keep = sample_keep_k(b, m.config.num_registers, self.keep_k_mode, latents.device)
+        uncond = torch.rand(b, device=latents.device) < self.cond_dropout
+        t = torch.sigmoid(torch.randn(b, device=latents.device))                        # logit-normal timesteps
+        noise = torch.randn_like(latents)
+        tt = t.view(b, 1, 1, 1)
+        noised = tt * noise + (1 - tt) * latents
+        velocity = m.decoder(quants, noised, t, keep, uncond).float()
+        return F.mse_loss(velocity, noise - latents)
+
+
+@torch.no_grad()
+def encode_bank(model: FlexTok, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Scaled posterior-mode latents of `images` in [0, 1] ``(n, 3, H, W)`` -> ``(n, C, H/f, W/f)``."""
+    return torch.cat([model.vae_encode(images[i: i + batch_size] * 2 - 1) for i in range(0, len(images), batch_size)])
+
+
+def train_tokenizer(model: FlexTok, tc: FlexTokTrainConfig, photos: dict[str, torch.Tensor], output_dir: str,
+                    resume: bool = False, accelerator: Accelerator | None = None) -> FlexTok:
+    """Train `model`'s encoder and decoder on its frozen VAE's latents of photo crops; returns it in eval mode."""
+    accelerator = _loop_accelerator(output_dir, accelerator)
+    set_seed(tc.seed, device_specific=True)
+    model.vae.requires_grad_(False).eval()
+    size = model.config.image_size
+    crops = random_crops(photo_pyramid(photos, size), size, tc.crops, tc.seed + 1)
+    bank = encode_bank(model, crops)
+    objective = RectifiedFlowObjective(model, tc.cond_dropout, tc.keep_k_mode)
+    trainable = [p for p in objective.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+    counter = StepCounter()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: cosine_factor(counter.value, tc.warmup_steps, tc.steps))
+    loader = torch.utils.data.DataLoader(_Repeat(bank, tc.steps * tc.batch_size * accelerator.num_processes, tc.seed),
+                                         batch_size=tc.batch_size, shuffle=False, drop_last=True)
+    objective, opt, sched, loader = accelerator.prepare(objective, opt, sched, loader)
+    accelerator.register_for_checkpointing(counter)
+    if resume and resume_latest(accelerator, output_dir):
+        loader = accelerator.skip_first_batches(loader, counter.value)
+        sched.step()
+    progress = tqdm(total=tc.steps, initial=counter.value, disable=not accelerator.is_main_process, desc="flextok")
+    running = 0.0
+    objective.train()
+    for latents in loader:
+        if counter.value >= tc.steps:
+            break
+        loss = objective(latents)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        counter.value += 1
+        sched.step()
+        progress.update(1)
+        running += loss.item()
+        if counter.value % tc.log_every == 0 and accelerator.is_main_process:
+            progress.write(f"flextok step {counter.value}: flow loss {running / tc.log_every:.4f}")
+            running = 0.0
+        if counter.value % tc.save_every == 0 or counter.value == tc.steps:
+            save_complete_state(accelerator, counter.value)
+    progress.close()
+    return accelerator.unwrap_model(objective).model.eval()
