@@ -27,3 +27,4 @@ def test_wavtokenizer_tiny_75tps_quality(heldout_speech):
     tokens = model.encode(heldout_speech[:8], sample_rate=data.SPEECH_SAMPLE_RATE)
     used = torch.cat([tokens.codes[i, 0, : int(n)] for i, n in enumerate(tokens.lengths)]).unique().numel()
     assert used >= WAVTOKENIZER_TINY_75["min_codes_used"]
+

@@ -32,6 +32,11 @@ from timm.models.vision_transformer import Block, VisionTransformer
 INFO_ATTR = "_vit_accel_info"  # the shared bookkeeping object, on the model and on every block
 LAYER_ATTR = "_vit_accel_layer"  # the block's index, on every block
 POOLS = ("token", "avg", "avgmax", "max", "")
+# tensor elements below which the token gathers keep the plain ops (fewer of them: faster for small models)
+SMALL_GATHER = 1 << 15
+# B·H·N²·d below which CPU attention with a key bias is faster explicit than fused (measured: d = 16 up to batch 8 of
+# 61 tokens; d = 32, 4 heads of 61 tokens; not DeiT-S at batch 1, 6 heads of 189 tokens of 64, where they tie)
+SMALL_ATTENTION = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -129,22 +134,37 @@ def split_heads(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     B, N, _ = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    return attn.q_norm(q), attn.k_norm(k), v
+    return run(attn.q_norm, q), run(attn.k_norm, k), v
 
 
 def attention_probs(attn: Attention, q: torch.Tensor, k: torch.Tensor,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale + bias) (B, H, N, N), with attention dropout; `bias` broadcasts, e.g. (B, 1, 1, N)."""
+                    bias: torch.Tensor | None = None, contiguous_keys: bool = False) -> torch.Tensor:
+    """softmax(q kᵀ · scale + bias) (B, H, N, N), with attention dropout; `bias` broadcasts, e.g. (B, 1, 1, N).
+
+    `contiguous_keys` copies k (a strided view of the qkv output) to (B, H, N, d) first, so the batched matmul
+    reads it transposed instead of making a transposing copy of kᵀ (for large k only): faster on CPU, and
+    bit-identical there except for very short sequences (under about 14 tokens, where the matmul kernel differs in
+    the last bit). Off by default: then this is timm's own computation.
+    """
+    if contiguous_keys and k.numel() >= SMALL_GATHER:
+        k = k.contiguous()
     scores = (q * attn.scale) @ k.transpose(-2, -1)
     if bias is not None:
-        scores = scores + bias.to(scores.dtype)
-    return attn.attn_drop(scores.softmax(dim=-1))
+        scores.add_(bias.to(scores.dtype))  # in place: no second (B, H, N, N) buffer
+    return run(attn.attn_drop, scores.softmax(dim=-1))
 
 
 def attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The attention output (B, H, N, d): fused SDPA when `attn` uses it, else the explicit softmax."""
-    if attn.fused_attn:
+    """The attention output (B, H, N, d): fused SDPA when `attn` uses it, else the explicit softmax.
+
+    Exception, for speed: on CPU, with a `bias` (a reducer's key bias: never for a block that changes nothing), a
+    problem below `SMALL_ATTENTION` (B·H·N²·d) takes the explicit path, where the fused kernel's fixed cost exceeds
+    the work (about 25 % slower for the digits ViT at batch 1 to 8; the two agree to ~1e-6).
+    """
+    B, H, N, d = q.shape
+    if attn.fused_attn and not (bias is not None and q.device.type == "cpu"
+                                and B * H * N * k.shape[-2] * d <= SMALL_ATTENTION):
         bias = None if bias is None else bias.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                               dropout_p=attn.attn_drop.p if attn.training else 0.0)
@@ -154,10 +174,54 @@ def attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def project(attn: Attention, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Heads (B, H, N, d) -> (B, N, C): merge, output norm, gate (computed from the attention input `x`), proj."""
     B, _, N, _ = out.shape
-    out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
+    out = run(attn.norm, out.transpose(1, 2).reshape(B, N, attn.attn_dim))
     if attn.gate is not None:
         out = out * attn.gate(x).sigmoid()
-    return attn.proj_drop(attn.proj(out))
+    return run(attn.proj_drop, attn.proj(out))
+
+
+def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, without the call for a module that returns `x` itself (`nn.Identity`, `nn.Dropout` in eval or
+    with p=0) and has no hooks of its own: the same result, without the per-call cost that dominates small models."""
+    cls = type(module)
+    if ((cls is nn.Identity or (cls is nn.Dropout and (module.p == 0 or not module.training)))
+            and not (module._forward_hooks or module._forward_pre_hooks)):
+        return x
+    return module(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# token gathers
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.gather(1, index[..., None].expand(-1, -1, C))``: rows `index` (B, K) of `x` (B or 1, N, C) -> (B, K, C).
+
+    The same values, copied as whole rows by one ``index_select`` on the flattened batch, which on CPU is several
+    times faster than the element-wise gather (whose index tensor is C times larger). A (1, N, C) `x` is shared by
+    every image.
+    """
+    B, K = index.shape
+    N, C = x.shape[1], x.shape[2]
+    if B * K * C < SMALL_GATHER or not x.is_contiguous():
+        return x.expand(B, -1, -1).gather(1, index[..., None].expand(-1, -1, C))
+    if x.shape[0] == 1 or B == 1:
+        return x[0].index_select(0, index.reshape(-1)).view(B, K, C)
+    flat = index + torch.arange(0, B * N, N, device=index.device)[:, None]
+    return x.reshape(B * N, C).index_select(0, flat.reshape(-1)).view(B, K, C)
+
+
+def add_rows_(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``out.scatter_add_(1, index[..., None].expand(-1, -1, C), src)`` for `out` (B, N, C), `index` (B, K) and
+    `src` (B, K, C): in place, by one ``index_add_`` of whole rows on the flattened batch when `out` is contiguous
+    (the same sums, in the same order: duplicates in a row of `index` are added in index order)."""
+    B, K = index.shape
+    N, C = out.shape[1], out.shape[2]
+    if B * K * C < SMALL_GATHER or not (out.is_contiguous() and src.is_contiguous()):
+        return out.scatter_add_(1, index[..., None].expand(-1, -1, C), src)
+    flat = index + torch.arange(0, B * N, N, device=index.device)[:, None]
+    out.view(B * N, C).index_add_(0, flat.reshape(-1), src.reshape(B * K, C))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

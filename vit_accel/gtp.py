@@ -100,7 +100,9 @@ def semantic_graph(tokens: torch.Tensor, num_neighbours: int) -> torch.Tensor:
     M = tokens.shape[1]
     normed = tokens / tokens.norm(dim=-1, keepdim=True)
     cossim = normed @ normed.transpose(-1, -2)
-    threshold = torch.kthvalue(cossim, M - num_neighbours, dim=-1, keepdim=True)[0]
+    # the (M − K)-th smallest similarity (official: kthvalue) is the (K + 1)-th largest: the same value, and topk is
+    # faster for small K
+    threshold = cossim.topk(num_neighbours + 1, dim=-1).values[..., -1:]
     eye = torch.eye(M, dtype=torch.bool, device=tokens.device)
     return ((cossim >= threshold) & ~eye).float()
 
@@ -130,20 +132,27 @@ def propagate(x: torch.Tensor, graph: torch.Tensor | None, kept: torch.Tensor, p
     """
     p = num_prefix
     B, _, C = x.shape
-    x_kept = x.gather(1, kept[..., None].expand(-1, -1, C))
+    # large inputs: one row gather of [prefix, kept] (no cat copy); small ones: as few ops as possible. Either way
+    # the propagated features are then added in place to the kept rows.
+    if p == 0:
+        out = _timm.gather_rows(x, kept)
+    elif x.numel() < _timm.SMALL_GATHER:
+        out = torch.cat([x[:, :p], x.gather(1, kept[..., None].expand(-1, -1, C))], dim=1)
+    else:
+        out = _timm.gather_rows(x, torch.cat([torch.arange(p, device=x.device).expand(B, p), kept], dim=1))
     if graph is not None:
         kept_img, prop_img = kept - p, prop - p
         K, P = kept.shape[1], prop.shape[1]
-        rows = graph.expand(B, -1, -1).gather(1, kept_img[..., None].expand(-1, -1, graph.shape[-1]))
+        rows = _timm.gather_rows(graph, kept_img)  # (B, K, M)
         weight = rows.gather(2, prop_img[:, None, :].expand(-1, K, -1))  # (B, K, P)
         graph = rows.gather(2, kept_img[:, None, :].expand(-1, K, -1))  # (B, K, K)
-        x_prop = x.gather(1, prop[..., None].expand(-1, -1, C))
-        x_kept = x_kept + alpha * (weight.to(x.dtype) @ x_prop)
+        x_prop = _timm.gather_rows(x, prop)
+        out[:, p:].add_(alpha * (weight.to(x.dtype) @ x_prop))
         if token_scales is not None:
             scales = token_scales[:, p:]
             spread = weight @ scales.gather(1, prop_img)[..., None]
             token_scales = torch.cat([token_scales[:, :p], scales.gather(1, kept_img) + alpha * spread[..., 0]], 1)
-    return torch.cat([x[:, :p], x_kept], dim=1), graph, token_scales
+    return out, graph, token_scales
 
 
 @dataclass
@@ -153,10 +162,12 @@ class GTPInfo:
     Filled by every forward:
         graph: (B or 1, M0, M0) the normalised graph built from the block-0 input (None without propagation).
         token_scales: (B, N) float32 scales of the current tokens, prefix included; None while all are 1.
-        token_ids: (B, N) the input position of every current token (0 = first prefix token).
         kept_idx, prop_idx: per reducing block, (B, K) / (B, P) positions in that block's sequence, in descending
-            significance (as official ``select``); prop_ids: the same dropped tokens as sorted input positions.
+            significance (as official ``select``).
         tokens_in, tokens_out: per block.
+    Traced from kept_idx / prop_idx when first read (not in the forward):
+        token_ids: (B, N) the input position of every current token (0 = first prefix token).
+        prop_ids: per reducing block, the dropped tokens as sorted input positions.
     """
 
     num_prop: list[int]
@@ -171,13 +182,33 @@ class GTPInfo:
     grid_size: tuple[int, int]
     graph: torch.Tensor | None = None
     token_scales: torch.Tensor | None = None
-    token_ids: torch.Tensor | None = None
     kept_idx: list[torch.Tensor] = field(default_factory=list)
     prop_idx: list[torch.Tensor] = field(default_factory=list)
-    prop_ids: list[torch.Tensor] = field(default_factory=list)
     tokens_in: list[int] = field(default_factory=list)
     tokens_out: list[int] = field(default_factory=list)
     current_graph: torch.Tensor | None = field(default=None, repr=False)
+    input_shape: tuple[int, int, torch.device] | None = field(default=None, repr=False)  # (B, N0, device)
+    traced: tuple[torch.Tensor, list[torch.Tensor]] | None = field(default=None, repr=False)
+
+    @property
+    def token_ids(self) -> torch.Tensor | None:
+        return None if self.input_shape is None else self._trace()[0]
+
+    @property
+    def prop_ids(self) -> list[torch.Tensor]:
+        return [] if self.input_shape is None else self._trace()[1]
+
+    def _trace(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Follow the input positions through the kept / propagated indices of the blocks run so far."""
+        if self.traced is None:
+            B, N, device = self.input_shape
+            p = self.num_prefix_tokens
+            ids, prop_ids = torch.arange(N, device=device).expand(B, N), []
+            for kept, prop in zip(self.kept_idx, self.prop_idx):
+                prop_ids.append(ids.gather(1, prop).sort(dim=1).values)
+                ids = torch.cat([ids[:, :p], ids.gather(1, kept)], dim=1)
+            self.traced = ids, prop_ids
+        return self.traced
 
     def start(self, x: torch.Tensor) -> None:
         """Reset at the input of block 0, (B, N0, C), and build the graph from its image tokens."""
@@ -192,8 +223,8 @@ class GTPInfo:
             self.graph = build_graph(x[:, self.num_prefix_tokens:], self.graph_type, self.num_neighbours, grid)
         self.current_graph = self.graph
         self.token_scales = None
-        self.token_ids = torch.arange(N, device=x.device).expand(B, N)
-        self.kept_idx, self.prop_idx, self.prop_ids, self.tokens_in, self.tokens_out = [], [], [], [], []
+        self.input_shape, self.traced = (B, N, x.device), None
+        self.kept_idx, self.prop_idx, self.tokens_in, self.tokens_out = [], [], [], []
 
     def _grid(self, num_patches: int) -> tuple[int, int]:
         """The patch grid of the input: the model's, else a square one (inputs of another size)."""
@@ -223,28 +254,28 @@ class GTPBlock(Block):
         h = self.norm1(x)
         q, k, v = _timm.split_heads(self.attn, h)
         if num_prop > 0 or info.sparsity < 1:
-            probs = sparsify(_timm.attention_probs(self.attn, q, k, bias), info.sparsity)
+            probs = _timm.attention_probs(self.attn, q, k, bias, contiguous_keys=True)
+            if info.sparsity < 1:
+                probs = sparsify(probs, info.sparsity)
             out = probs @ v
         else:
             out = _timm.attend(self.attn, q, k, v, bias)
-        x = x + self.drop_path1(self.ls1(_timm.project(self.attn, out, h)))
+        x = x + _timm.run(self.drop_path1, _timm.run(self.ls1, _timm.project(self.attn, out, h)))
 
         info.tokens_in.append(x.shape[1])
         if num_prop > 0:
-            order = torch.argsort(token_scores(probs, p, info.selection), dim=1, descending=True)
-            kept, prop = order[:, :-num_prop] + p, order[:, -num_prop:] + p
+            order = torch.argsort(token_scores(probs, p, info.selection), dim=1, descending=True) + p
+            kept, prop = order[:, :-num_prop], order[:, -num_prop:]
             scales = info.token_scales
             if scales is None and info.token_scale and info.current_graph is not None:
                 scales = x.new_ones(x.shape[:2], dtype=torch.float32)
             x, info.current_graph, info.token_scales = propagate(x, info.current_graph, kept, prop, info.alpha, p,
                                                                  scales)
-            ids = info.token_ids
-            info.prop_ids.append(ids.gather(1, prop).sort(dim=1).values)
-            info.token_ids = torch.cat([ids[:, :p], ids.gather(1, kept)], dim=1)
             info.kept_idx.append(kept)
             info.prop_idx.append(prop)
+            info.traced = None
         info.tokens_out.append(x.shape[1])
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x + _timm.run(self.drop_path2, _timm.run(self.ls2, self.mlp(self.norm2(x))))
 
 
 def _per_block(num_prop: int | Sequence[int], depth: int) -> list[int]:

@@ -86,12 +86,33 @@ class Matching:
     unm_idx: torch.Tensor
     src_idx: torch.Tensor
     dst_idx: torch.Tensor
+    _positions: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False,
+                                                                      compare=False)
+
+    def positions(self, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For (B, `num_tokens`, ·) tokens: the sequence positions of the output [prefix, unmerged A, B] (B, N − r)
+        and of the merged A tokens (B, r). Computed once per matching and token count."""
+        if num_tokens not in self._positions:
+            p, idx = self.num_protected, self.unm_idx
+            first = p % 2  # as `_split`: A starts at the first even position after the prefix
+            batch, device = idx.shape[0], idx.device
+            num_b = (num_tokens - p + first) // 2
+            keep = torch.cat([torch.arange(p, device=device).expand(batch, p), p + first + 2 * idx,
+                              (p + 1 - first + 2 * torch.arange(num_b, device=device)).expand(batch, num_b)], dim=1)
+            self._positions[num_tokens] = keep, p + first + 2 * self.src_idx
+        return self._positions[num_tokens]
 
     def merge(self, x: torch.Tensor, reduce: Literal["sum", "amax", "mean"] = "sum") -> torch.Tensor:
         """(B, N, C) -> (B, N − r, C): [prefix, unmerged A, B with the merged A tokens reduced into them]."""
         p = self.num_protected
-        a, b = _split(x[:, p:], p)
         C = x.shape[-1]
+        if reduce == "sum" and x.numel() >= _timm.SMALL_GATHER:
+            # the same sums by two row gathers and one in-place add: no split copies, no cat (large inputs; for
+            # small ones the fewer ops below are faster)
+            keep, src_pos = self.positions(x.shape[1])
+            out = _timm.gather_rows(x, keep)
+            return _timm.add_rows_(out, self.dst_idx + (p + self.unm_idx.shape[1]), _timm.gather_rows(x, src_pos))
+        a, b = _split(x[:, p:], p)
         unm = a.gather(1, self.unm_idx[..., None].expand(-1, -1, C))
         src = a.gather(1, self.src_idx[..., None].expand(-1, -1, C))
         b = b.scatter_reduce(1, self.dst_idx[..., None].expand(-1, -1, C), src, reduce=reduce)
@@ -171,7 +192,8 @@ class ToMeBlock(Block):
             bias = info.size.log()[:, None, None, :, 0]  # (B, 1, 1, N): log size on each key
         h = self.norm1(x)
         q, k, v = _timm.split_heads(self.attn, h)
-        x = x + self.drop_path1(self.ls1(_timm.project(self.attn, _timm.attend(self.attn, q, k, v, bias), h)))
+        out = _timm.project(self.attn, _timm.attend(self.attn, q, k, v, bias), h)
+        x = x + _timm.run(self.drop_path1, _timm.run(self.ls1, out))
 
         info.tokens_in.append(x.shape[1])
         r = min(info.schedule[layer], (x.shape[1] - p) // 2)
@@ -183,7 +205,7 @@ class ToMeBlock(Block):
             x, info.size = merge_weighted(matching, x, size)
         info.r_applied.append(r)
         info.tokens_out.append(x.shape[1])
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x + _timm.run(self.drop_path2, _timm.run(self.ls2, self.mlp(self.norm2(x))))
 
 
 class ToMeViT(_timm.ReducedViT):

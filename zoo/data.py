@@ -3,7 +3,8 @@
 * `speech`: English sentences spoken by espeak-ng (Debian package ``espeak-ng``) in several voices, resampled to
   24 kHz. Split by voice *and* sentence: held-out clips use voices and sentences never seen in training.
   Generated once and cached under ``$TOKZOO_CACHE`` (default ``~/.cache/tokzoo``).
-* `photos`: the photographs shipped with scikit-image; held out by file name (`HELD_OUT_PHOTOS`).
+* `photos`: the photographs shipped with scikit-image and the two with scikit-learn (``china``, ``flower``);
+  held out by name (`HELD_OUT_PHOTOS`, scikit-image's astronaut, coffee and chelsea).
 * `digits`: scikit-learn's 8x8 handwritten digits (1,797 images); the last 297 are held out.
 """
 
@@ -95,19 +96,26 @@ HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")
 # Every photograph scikit-image ships without a download ("cat" is left out: it is the same picture as "chelsea").
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text")
+SKLEARN_PHOTOS = ("china", "flower")  # sklearn.datasets.load_sample_images: two colour photographs
 
 
 def photos(split: str) -> dict[str, torch.Tensor]:
-    """scikit-image photographs as float ``(3, H, W)`` in [0, 1]; grey images are repeated to 3 channels."""
+    """Photographs as float ``(3, H, W)`` in [0, 1]; grey images are repeated to 3 channels."""
     import numpy as np
     from skimage import data as skdata
 
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     names = HELD_OUT_PHOTOS if split == "heldout" else tuple(p for p in PHOTOS if p not in HELD_OUT_PHOTOS)
+    names += () if split == "heldout" else SKLEARN_PHOTOS
     out = {}
     for name in names:
-        array = np.asarray(getattr(skdata, name)())
+        if name in SKLEARN_PHOTOS:
+            from sklearn.datasets import load_sample_image
+
+            array = np.asarray(load_sample_image(f"{name}.jpg"))
+        else:
+            array = np.asarray(getattr(skdata, name)())
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=-1)
         array = array[..., :3]

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 ENTRY_POINT_GROUP = "tokzoo.models"
 
-KINDS = ("tokenizer", "generator", "accelerator")
+KINDS = ("tokenizer", "generator", "accelerator", "autoencoder")
 MODALITIES = ("audio", "image")
 
 class UnknownModelError(KeyError):

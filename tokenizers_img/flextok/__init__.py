@@ -5,8 +5,10 @@ from zoo.registry import HubFile, ModelSpec, register_model
 from .convert import (ALLOWED_TARGETS, OfficialConfigError, checkpoint_filter_fn, config_from_official,
                       read_official_config, to_official)
 from .model import FlexTok, FlexTokConfig
+from .vae import FlexTokVAE, FlexTokVAEConfig
+from .vae import checkpoint_filter_fn as vae_checkpoint_filter_fn
 
-__all__ = ["FlexTok", "FlexTokConfig", "checkpoint_filter_fn", "to_official", "config_from_official",
+__all__ = ["FlexTok", "FlexTokConfig", "FlexTokVAE", "FlexTokVAEConfig", "vae_checkpoint_filter_fn", "checkpoint_filter_fn", "to_official", "config_from_official",
            "read_official_config", "OfficialConfigError", "ALLOWED_TARGETS"]
 
 CITATION = """@inproceedings{bachmann2025flextok,
@@ -69,15 +71,35 @@ TINY = dict(image_size=64, vae_latent_channels=8, vae_block_out_channels=(32, 64
             encoder_head_dim=32, decoder_dim=128, decoder_depth=4, decoder_head_dim=32, num_registers=64,
             max_timestep=1.0, null_cond="learned", head_adaLN=True, default_steps=25, default_guidance_scale=1.0,
             default_apg=False)
-TINY_TRAINING_NOTES = "not trained yet"
+TINY_TRAINING_NOTES = (
+    "Architecture only for now: scripts/train_flextok.py trains it (config from this entry) and "
+    "scripts/eval_flextok.py measures and exports it. No weights are bundled yet: the first CPU runs (VAE 1,500 "
+    "steps, tokenizer up to 6,000 steps of batch 16) reconstructed held-out photos worse than a bicubic thumbnail "
+    "of the same size in bits, so they are not shipped."
+)
 
 register_model(ModelSpec(
     name="flextok-tiny-64px", family="flextok", kind="tokenizer", modality="image", architecture="flextok",
-    config=TINY, bundled="flextok-tiny-64px", license="mit", paper="https://arxiv.org/abs/2502.13967",
+    config=TINY, license="mit", paper="https://arxiv.org/abs/2502.13967",
     citation=CITATION, origin_url="https://github.com/apple/ml-flextok", codebook_size=64000, num_codebooks=1,
     tokens_per_item="1-64 / image", input_size=64, datasets=("scikit-image photographs (zoo.data.photos)",),
     tags=("image-tokenizer", "1d-tokenizer", "fsq", "rectified-flow", "tiny"),
-    description="A tiny FlexTok trained here on crops of the scikit-image photographs: 1 to 64 nested tokens "
-                "per 64 x 64 image. For the demo and the tests; far below the official models.",
+    description="A tiny FlexTok for training here on crops of the scikit-image / scikit-learn photographs: 1 to 64 "
+                "nested tokens per 64 x 64 image.",
     notes=TINY_TRAINING_NOTES,
 ))
+
+# The released VAEs on their own (diffusers layout; the tokenizers embed the 16-channel one under ``vae.vae.*``).
+for _channels in (4, 8, 16):
+    register_model(ModelSpec(
+        name=f"flextok-vae-c{_channels}", family="flextok", kind="autoencoder", modality="image",
+        architecture="flextok-vae", config=dict(vae_latent_channels=_channels),
+        hub_file=HubFile(f"EPFL-VILAB/flextok_vae_c{_channels}", "diffusion_pytorch_model.safetensors", "main"),
+        filter_fn=vae_checkpoint_filter_fn, license="apple-amlr", paper="https://arxiv.org/abs/2502.13967",
+        citation=CITATION, origin_url="https://github.com/apple/ml-flextok", input_size=256,
+        tags=("image-autoencoder", "vae", "f8"),
+        description=f"The FlexTok VAE-GAN with {_channels} latent channels (f8, diffusers AutoencoderKL); the "
+                    "FlexTok tokenizers use the 16-channel one.",
+        notes="Read from the main branch: the Hub commit sha was not available offline. The latent scaling factor "
+              "is not applied here: `encode` returns the unscaled posterior mode, as diffusers does.",
+    ))

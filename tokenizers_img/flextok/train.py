@@ -55,14 +55,16 @@ def photo_pyramid(photos: dict[str, torch.Tensor], size: int, max_side: int = 38
 
 def random_crops(levels: list[torch.Tensor], size: int, n: int, seed: int) -> torch.Tensor:
     """`n` random ``size x size`` crops ``(n, 3, size, size)`` in [0, 1] from the pyramid levels (uniform over
-    levels, then position), half of them mirrored."""
+    levels, then position), half of them mirrored, with their RGB channels in a random order (most of the training
+    photos are grey: permuting the channels of the colour ones is what teaches colours beyond theirs)."""
     rng = random.Random(seed)
     out = torch.empty(n, 3, size, size)
     for i in range(n):
         img = levels[rng.randrange(len(levels))]
         y, x = rng.randint(0, img.shape[-2] - size), rng.randint(0, img.shape[-1] - size)
         crop = img[:, y: y + size, x: x + size]
-        out[i] = crop.flip(-1) if rng.random() < 0.5 else crop
+        crop = crop.flip(-1) if rng.random() < 0.5 else crop
+        out[i] = crop[rng.sample(range(3), 3)]
     return out
 
 

@@ -1,0 +1,60 @@
+"""The FlexTok training recipe runs end to end at a tiny size, saves complete checkpoints and resumes."""
+
+import torch
+
+from tokenizers_img.flextok import FlexTok, FlexTokConfig
+from tokenizers_img.flextok.train import (FlexTokTrainConfig, RectifiedFlowObjective, VAETrainConfig, photo_pyramid,
+                                          random_crops, sample_keep_k, train_tokenizer, train_vae)
+from zoo.training import COMPLETE
+
+from conftest import TINY_OVERRIDES
+
+
+def photos():
+    g = torch.Generator().manual_seed(0)
+    return {"a": torch.rand(3, 40, 56, generator=g), "b": torch.rand(3, 32, 32, generator=g)}
+
+
+def test_crops_and_keep_k():
+    levels = photo_pyramid(photos(), 16)
+    assert all(min(level.shape[-2:]) >= 16 for level in levels) and len(levels) >= 3
+    crops = random_crops(levels, 16, 10, seed=0)
+    assert crops.shape == (10, 3, 16, 16) and torch.equal(crops, random_crops(levels, 16, 10, seed=0))
+    keep = sample_keep_k(1000, 8, "pow2")
+    assert set(keep.tolist()) == {1, 2, 4, 8}
+    assert set(sample_keep_k(1000, 6, "pow2").tolist()) == {1, 2, 4, 6}
+    assert 1 <= int(sample_keep_k(100, 8, "uniform").min()) and int(sample_keep_k(100, 8, "uniform").max()) <= 8
+
+
+def test_vae_then_tokenizer_train_save_and_resume(tmp_path):
+    torch.manual_seed(0)
+    config = FlexTokConfig(**TINY_OVERRIDES["flextok"])
+    vae, scaling = train_vae(config, VAETrainConfig(steps=2, batch_size=2, crops=8, save_every=1), photos(),
+                             str(tmp_path / "vae"))
+    assert scaling > 0 and (tmp_path / "vae" / "checkpoints" / "checkpoint_1" / COMPLETE).read_text() == "2"
+    model = FlexTok(FlexTokConfig(**{**TINY_OVERRIDES["flextok"], "vae_scaling_factor": scaling}))
+    model.vae.load_state_dict(vae.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tc = FlexTokTrainConfig(steps=2, batch_size=2, crops=8, save_every=1)
+    model = train_tokenizer(model, tc, photos(), str(tmp_path / "tok"))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vae."))   # the VAE stays frozen
+    assert not torch.equal(before["decoder.head.proj.weight"], after["decoder.head.proj.weight"])
+    # resume: two more steps from the step-2 checkpoint
+    resumed = train_tokenizer(FlexTok(model.config), FlexTokTrainConfig(steps=4, batch_size=2, crops=8, save_every=2),
+                              photos(), str(tmp_path / "tok"), resume=True)
+    assert (tmp_path / "tok" / "checkpoints" / "checkpoint_2" / COMPLETE).read_text() == "4"
+    assert torch.isfinite(RectifiedFlowObjective(resumed, 0.1, "pow2")(model.vae_encode(torch.rand(2, 3, 16, 16))))
+
+
+def test_flow_loss_reaches_the_encoder_through_fsq():
+    torch.manual_seed(0)
+    model = FlexTok(FlexTokConfig(**TINY_OVERRIDES["flextok"]))
+    for name, p in model.decoder.named_parameters():  # leave the zero (adaLN-zero) init, as after some training
+        if "adaLN_modulation" in name or "head" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    torch.nn.init.normal_(model.encoder.head.proj.weight, std=0.05)
+    loss = RectifiedFlowObjective(model, 0.0, "pow2")(torch.randn(4, TINY_OVERRIDES["flextok"]["vae_latent_channels"], 2, 2))
+    loss.backward()
+    assert model.encoder.head.proj.weight.grad.abs().sum() > 0   # straight through the FSQ rounding
+    assert all(p.grad is None for p in model.vae.parameters())
