@@ -77,7 +77,7 @@ class FlexTokVAE(ZooModel):
         return {**super().card_facts(), "latent": f"{c.vae_latent_channels} channels, f{self.downsample}"}
 
     def card_usage(self) -> str:
-        return "latents = vae.encode(img)   # (B, C, H/8, W/8)\nimg = vae.decode(latents)"
+        return "latents = model.encode(img)   # (B, C, H/8, W/8), unscaled posterior mode\nimg = model.decode(latents)"
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: FlexTokVAE) -> dict[str, torch.Tensor]:
