@@ -19,6 +19,7 @@ import torch
 import zoo
 from tokenizers_img.flextok import FlexTok, FlexTokConfig
 from tokenizers_img.flextok.evaluate import reference_table
+from zoo.cards import metrics_text
 from zoo.checkpoints import load_into, read_state_dict
 
 
@@ -51,10 +52,7 @@ def main() -> None:
     else:
         model = zoo.load(args.model)
     table = reference_table(model)
-    print(table["description"])
-    print("| " + " | ".join(table["columns"]) + " |")
-    for row in table["rows"]:
-        print("| " + " | ".join(str(v) for v in row) + " |")
+    print(metrics_text(table))
     if args.export:
         model.card_info["metrics"] = {k: table[k] for k in ("description", "columns", "rows")}
         out = Path(args.export)

@@ -27,6 +27,17 @@ TINY_OVERRIDES = {
 
 
 @pytest.fixture
+def one_thread():
+    """For tests of tiny models: a second thread only adds contention (the suite's default is 2; on a busy 2-core
+    machine the routing comparison took 34 s with it, 0.6 s without). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def parity_dir():
     def get(family: str) -> Path:
         folder = SHARED / "parity" / family

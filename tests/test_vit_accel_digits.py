@@ -16,14 +16,7 @@ ROUTING_MIN_TOP1 = 0.935
 ROUTING_MAX_MAC_SHARE = 0.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only adds contention (the suite's default is 2; on a busy 2-core
-    machine the routing comparison took 34 s with it, 0.6 s without)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

@@ -17,12 +17,7 @@ from test_vit_accel_tome_gtp import gtp_kwargs
 FIXTURES = SHARED / "parity" / "vit_accel"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def counted_cases():

@@ -17,13 +17,7 @@ from conftest import SHARED
 FIXTURES = SHARED / "parity" / "vit_accel"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: extra threads only add contention (the suite's default is 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=1)

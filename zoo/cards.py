@@ -70,6 +70,13 @@ From a shell: `zoo encode {{ load_name }} INPUT -o tokens.safetensors`, then
 """
 
 
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """A measured-quality table (``description``, ``columns``, ``rows``) as the description and markdown rows."""
+    lines = [metrics["description"], "| " + " | ".join(metrics["columns"]) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in metrics["rows"]]
+    return "\n".join(lines)
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -129,7 +136,7 @@ def render(spec: ModelSpec | None, *, facts: dict[str, Any], title: str, load_na
 def model_card(model, *, metrics: dict[str, Any] | None = None, load_name: str | None = None) -> ModelCard:
     """The card of a built model (used by `save_pretrained` / `push_to_hub` / `zoo export`)."""
     spec = model.card_info.get("spec")
-    name = load_name or (spec.name if spec is not None else f"local-dir:PATH")
+    name = load_name or (spec.name if spec is not None else "local-dir:PATH")
     return render(
         spec,
         facts=model.card_facts(),

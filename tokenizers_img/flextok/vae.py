@@ -43,11 +43,9 @@ class FlexTokVAE(ZooModel):
     def __init__(self, config: FlexTokVAEConfig):
         super().__init__(config)
         fields = {k: v for k, v in vars(config).items() if k.startswith("vae_") or k == "image_size"}
-        self.vae = build_vae(FlexTokConfig(**fields, patch_size=1))
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.config.vae_block_out_channels) - 1)
+        vae_config = FlexTokConfig(**fields, patch_size=1)
+        self.downsample = vae_config.vae_downsample
+        self.vae = build_vae(vae_config)
 
     @torch.inference_mode()
     def encode(self, x, *, resize: str = "center_crop", sample: bool = False,
