@@ -7,8 +7,9 @@ What this implementation adds to the official inference code:
   (downmixed and resampled to 24 kHz, and back on decode);
 * true batching: per-item lengths are carried through every layer (see `modules`), so each item's codes equal the
   codes of that clip encoded alone;
-* long audio: above `config.chunk_seconds` the clip is processed in overlapping chunks (batched), so time and memory
-  grow linearly instead of quadratically with the attention; chunks are cross-faded on decode.
+* long audio in linear time and memory: the encoder's conv stack runs in cache-sized tiles with exact halos (codes
+  as for the whole clip), and above `config.chunk_seconds` decoding runs in overlapping, cross-faded chunks (the
+  decoder's attention is quadratic in length).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class WavTokenizerConfig:
         codebook_size: entries of the single VQ codebook.
         backbone_dim, intermediate_dim, num_layers, num_bandwidths, layer_scale_init: the Vocos backbone.
         n_fft, hop_length: the ISTFT head (win = n_fft, "same" padding).
-        chunk_seconds, context_seconds: clips longer than `chunk_seconds` are processed in chunks of that length
-            with `context_seconds` of overlap on each side.
+        chunk_seconds, context_seconds: clips longer than `chunk_seconds` are decoded in chunks of that length
+            with `context_seconds` of overlap on each side (the decoder's attention is quadratic in length).
+        encode_tile_seconds: the encoder's conv stack runs over tiles of this length with exact halos
+            (an inference-speed setting: the result does not depend on it beyond float rounding).
         commitment_weight, kmeans_iters, ema_decay, dead_code_threshold: training of the VQ (official settings).
     """
 
@@ -60,6 +63,7 @@ class WavTokenizerConfig:
     hop_length: int = 320
     chunk_seconds: float = 30.0
     context_seconds: float = 1.0
+    encode_tile_seconds: float = 1.0
     commitment_weight: float = 1000.0
     kmeans_iters: int = 200
     ema_decay: float = 0.99
@@ -121,10 +125,21 @@ class WavTokenizer(AudioTokenizer):
         return self.head.out.weight.dtype
 
     # --- official-equivalent building blocks (batched; `lengths` in samples or frames, None = all full) -----------
-    def encode_latent(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
-        """``(B, T)`` 24 kHz waveform -> continuous latent ``(B, D, F)`` and per-item frame counts (or None)."""
+    def encode_latent(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, tiled: bool = True):
+        """``(B, T)`` 24 kHz waveform -> continuous latent ``(B, D, F)`` and per-item frame counts (or None).
+
+        `lengths` (B,) are valid samples per item (None: all full). With `tiled` the conv stack runs in tiles
+        (`_tiled_frontend`: same result up to float rounding, linear time); the LSTM always sees the whole clip.
+        """
+        x = wav[:, None].to(self.compute_dtype)
+        frames = None if lengths is None else -(-lengths // self.hop_length)
         with parametrize.cached():  # weight norm computed once per call, not once per use
-            return self.encoder(wav[:, None].to(self.compute_dtype), lengths)
+            if tiled:
+                full = torch.full((wav.shape[0],), wav.shape[-1], device=wav.device)
+                h = self._tiled_frontend(x, full if lengths is None else lengths)
+            else:
+                h, _ = self.encoder.frontend(x, lengths)
+            return self.encoder.backend(h, frames)
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
         """Nearest codeword per frame: ``(B, D, F)`` -> codes ``(B, F)``.
@@ -195,32 +210,27 @@ class WavTokenizer(AudioTokenizer):
         return wav, lengths, original
 
     @torch.inference_mode()
-    def encode(self, audio, *, sample_rate: int, chunked: bool | None = None) -> Tokens:
+    def encode(self, audio, *, sample_rate: int) -> Tokens:
         """Waveform(s) -> `Tokens` with codes ``(B, 1, F)``, per-item frame `lengths` and the input facts.
+
+        Any length is encoded exactly as the official model encodes the whole clip, in time and memory linear in
+        the length (see `encode_latent`).
 
         Args:
             audio: float in [-1, 1]: ``(T)``, ``(B, T)``, ``(B, C, T)`` or a list of ``(T)`` / ``(C, T)`` clips.
             sample_rate: the input's sample rate (resampled to 24 kHz; channels are averaged).
-            chunked: force chunked (True) or whole-clip (False) processing; default: chunked above
-                `config.chunk_seconds`.
         """
         wav, lengths, original = self._prepare(audio, sample_rate)
-        if chunked is None:
-            chunked = wav.shape[-1] > self.config.chunk_seconds * self.sample_rate
-        codes = self._encode_chunked(wav, lengths) if chunked else self._encode(wav, lengths)
+        latent, _ = self.encode_latent(wav, lengths)
         frames = -(-lengths // self.hop_length)
+        codes = self.quantize(latent) * length_mask(frames, latent.shape[-1])[:, 0].long()  # zeros past each end
         meta = {"sample_rate": sample_rate, "num_samples": original, "model_sample_rate": self.sample_rate,
                 "hop_length": self.hop_length}
         return Tokens(codes[:, None], frames, meta)
 
-    def _groups(self, sizes: list[int]) -> list[slice]:
-        """Consecutive sub-batches whose padded size stays within a budget of audio per forward pass.
-
-        On CPU the encoder and decoder become memory-bound (and slower than linear) on large activations, so a
-        batch is run as sub-batches of at most ~20 s of audio in all; each item's result does not depend on its
-        batch-mates, so this changes nothing numerically. Other devices take up to 10 minutes of audio at once.
-        """
-        budget = (20 if self.codebook.device.type == "cpu" else 600) * self.sample_rate
+    def _groups(self, sizes: list[int], seconds: float) -> list[slice]:
+        """Consecutive sub-batches whose padded size stays within `seconds` of audio per forward pass."""
+        budget = seconds * self.sample_rate
         groups, start, longest = [], 0, 0
         for i, size in enumerate(sizes):
             longest = max(longest, size)
@@ -230,22 +240,49 @@ class WavTokenizer(AudioTokenizer):
         groups.append(slice(start, len(sizes)))
         return groups
 
-    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` zero-padded waveforms -> codes ``(B, F)``, in sub-batches (see `_groups`)."""
-        frames = int(-(-int(lengths.max()) // self.hop_length))
-        codes = torch.zeros(wav.shape[0], frames, dtype=torch.long, device=wav.device)
-        for g in self._groups(lengths.tolist()):
-            n = int(lengths[g].max())
-            part = self._encode_batch(wav[g, :n], lengths[g])
-            codes[g, : part.shape[-1]] = part
-        return codes
+    def _budget_seconds(self, stage: str) -> float:
+        """Audio per forward pass. On CPU the conv stacks turn memory-bound (slower than linear) once activations
+        outgrow the cache, so CPU passes stay small (the encoder's 24 kHz layers most of all: 4 s per pass was
+        fastest in a sweep of 0.5-64 s); each item's result does not depend on its batch-mates."""
+        if self.codebook.device.type != "cpu":
+            return 600.0
+        return 4.0 if stage == "encode" else 20.0
 
-    def _encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        uniform = bool((lengths == wav.shape[-1]).all())
-        latent, _ = self.encode_latent(wav, None if uniform else lengths)
-        codes = self.quantize(latent)
-        frames = -(-lengths // self.hop_length)
-        return codes * length_mask(frames, codes.shape[-1])[:, 0].long()  # zeros past each item's end
+    def _tiled_frontend(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The SEANet conv stack over tiles of ``config.encode_tile_seconds`` with exact halos.
+
+        Every item is cut into windows of whole frames: a core of tile frames plus a halo covering the stack's
+        receptive field on each side (the halo frames are computed and dropped). The windows of all items run as
+        one batch of independent clips, so each kept frame equals the untiled output up to float rounding, and a
+        clip of any length costs its number of tiles times one cache-sized pass.
+        """
+        hop = self.hop_length
+        halo = -(-max(self.encoder.frontend_context()) // hop)
+        core = max(1, round(self.config.encode_tile_seconds * self.sample_rate / hop))
+        windows, places = [], []  # places: (item, window start frame, core start, core end)
+        for b, n in enumerate(lengths.tolist()):
+            frames = -(-n // hop)
+            for start in range(0, frames, core):
+                ws, we = max(0, start - halo), min(frames, start + core + halo)
+                windows.append(x[b, :, ws * hop: min(we * hop, n)])
+                places.append((b, ws, start, min(start + core, frames)))
+        out = None
+        order = sorted(range(len(windows)), key=lambda i: windows[i].shape[-1], reverse=True)
+        sizes = [windows[i].shape[-1] for i in order]
+        for g in self._groups(sizes, self._budget_seconds("encode")):
+            ids = order[g]
+            win_lengths = torch.tensor(sizes[g], device=x.device)
+            batch = x.new_zeros(len(ids), 1, int(win_lengths.max()))
+            for row, i in enumerate(ids):
+                batch[row, :, : windows[i].shape[-1]] = windows[i]
+            uniform = bool((win_lengths == batch.shape[-1]).all())
+            h, _ = self.encoder.frontend(batch, None if uniform else win_lengths)  # (W, C, frames)
+            if out is None:
+                out = h.new_zeros(x.shape[0], h.shape[1], int(-(-lengths.max() // hop)))
+            for row, i in enumerate(ids):
+                b, ws, cs, ce = places[i]
+                out[b, :, cs:ce] = h[row, :, cs - ws: ce - ws]
+        return out
 
     def _chunk_plan(self, total_frames: int) -> list[tuple[int, int, int, int]]:
         """(window start, window end, core start, core end) in frames, covering [0, total_frames)."""
@@ -257,24 +294,6 @@ class WavTokenizer(AudioTokenizer):
             end = min(start + core, total_frames)
             plan.append((max(0, start - context), min(total_frames, end + context), start, end))
         return plan
-
-    def _encode_chunked(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Each item in overlapping windows (batched, see `_groups`); the core frames of each window are kept."""
-        hop = self.hop_length
-        frames = -(-lengths // hop)
-        codes = torch.zeros(wav.shape[0], int(frames.max()), dtype=torch.long, device=wav.device)
-        for b in range(wav.shape[0]):
-            plan = self._chunk_plan(int(frames[b]))
-            n = int(lengths[b])
-            windows = [wav[b, ws * hop: min(we * hop, n)] for ws, we, _, _ in plan]
-            win_lengths = torch.tensor([w.shape[-1] for w in windows], device=wav.device)
-            batch = torch.zeros(len(windows), int(win_lengths.max()), device=wav.device)
-            for i, w in enumerate(windows):
-                batch[i, : w.shape[-1]] = w
-            for i, chunk_codes in enumerate(self._encode(batch, win_lengths)):
-                ws, _, cs, ce = plan[i]
-                codes[b, cs:ce] = chunk_codes[cs - ws: ce - ws]
-        return codes
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens | torch.Tensor, *, sample_rate: int | None = None, bandwidth_id: int = 0,
@@ -334,7 +353,7 @@ class WavTokenizer(AudioTokenizer):
         """Codes ``(B, F)`` -> waveform ``(B, F * hop)``, in sub-batches (see `_groups`)."""
         hop = self.hop_length
         audio = None
-        for g in self._groups((frames * hop).tolist()):
+        for g in self._groups((frames * hop).tolist(), self._budget_seconds("decode")):
             n = int(frames[g].max())
             part = self._decode_batch(codes[g, :n], frames[g], bandwidth_id)
             if audio is None:

@@ -147,12 +147,39 @@ class SEANetEncoder(nn.Module):
         self.model = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
-        for layer in self.model:
-            if isinstance(layer, ELU):
-                x = layer(x)
-            else:
-                x, lengths = layer(x, lengths)
-        return x, lengths
+        x, lengths = self.frontend(x, lengths)
+        return self.backend(x, lengths)
+
+    def frontend(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """The conv stack: ``(B, 1, T)`` -> ``(B, C, ceil(T / hop))``. Purely local, so it can run in tiles."""
+        return _run(self.model[:-3], x, lengths)
+
+    def backend(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """LSTM, ELU, final conv at the frame rate: ``(B, C, F)`` -> ``(B, dimension, F)``."""
+        return _run(self.model[-3:], x, lengths)
+
+    def frontend_context(self) -> tuple[int, int]:
+        """Samples of input left and right of frame ``j`` (at sample ``j * hop``) that its front-end output reads."""
+        left = right = 0
+        step = 1  # input samples per position at the current layer's input
+        for layer in self.model[:-3]:
+            convs = [m for m in layer.block if isinstance(m, SConv1d)] if isinstance(layer, SEANetResnetBlock) \
+                else [layer] if isinstance(layer, SConv1d) else []
+            for conv in convs:  # the resnet shortcut is a k1 conv and reads nothing more than its main path
+                span = (conv.conv.kernel_size[0] - 1) * conv.conv.dilation[0]
+                left += conv.pad_left * step
+                right += (span - conv.pad_left) * step
+                step *= conv.stride
+        return left, right
+
+
+def _run(layers, x: torch.Tensor, lengths: torch.Tensor | None):
+    for layer in layers:
+        if isinstance(layer, ELU):
+            x = layer(x)
+        else:
+            x, lengths = layer(x, lengths)
+    return x, lengths
 
 
 # ----------------------------------------------------------------------------------------------------------------
