@@ -253,6 +253,20 @@ def test_gtp_alpha_0_is_pruning():
     torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("sparsity", [1.0, 0.7])
+def test_gtp_attention_in_image_chunks_equals_one_pass(monkeypatch, sparsity):
+    import vit_accel.gtp as gtp
+    model = vit_accel.patch(tiny("registers-avgmax"), "gtp", num_prop=8, sparsity=sparsity)
+    x = images(5)
+    with torch.inference_mode():
+        whole = model(x)
+        kept = [k.clone() for k in last_info(model).kept_idx]
+        monkeypatch.setattr(gtp, "ATTENTION_CHUNK", 2 * 2 * 68 * 68)  # block 0: 2 images (2 heads, 68 tokens) a chunk
+        chunked = model(x)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(kept, last_info(model).kept_idx))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_training_mode_backward(method):
     model = vit_accel.patch(tiny("layerscale", drop_path_rate=0.1, attn_drop_rate=0.1).train(), method,

@@ -82,6 +82,38 @@ def sparsify(probs: torch.Tensor, sparsity: float) -> torch.Tensor:
     return probs.masked_fill(probs < threshold, 0.0)
 
 
+ATTENTION_CHUNK = 1 << 20  # probabilities per chunk (b·H·N·N): about 4 MiB in float32, a cache-sized buffer
+
+
+def attention_with_scores(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                          sparsity: float, selection: tuple[int, str] | None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Explicit attention (B, H, N, d) and, for ``selection = (num_prefix, name)``, the token scores (B, M).
+
+    The probabilities are needed in full (the scores read their diagonal and column sums), so they are formed a
+    few images at a time: a batch's (B, H, N, N) map would outgrow the cache, and on CPU every fresh buffer of that
+    size is a new mapping paid for in page faults. Per image the numbers are those of one full-batch pass.
+    """
+    B, H, N, _ = q.shape
+    step = max(1, ATTENTION_CHUNK // (H * N * N))
+    in_place = not torch.is_grad_enabled()  # `out=` writes have no autograd
+    out = v.new_empty(q.shape[:-1] + v.shape[-1:]) if in_place else []
+    scores = [] if selection is not None else None
+    for start in range(0, B, step):
+        part = slice(start, start + step)
+        probs = _timm.attention_probs(attn, q[part], k[part], None if bias is None else bias[part],
+                                      contiguous_keys=True)
+        if sparsity < 1:
+            probs = sparsify(probs, sparsity)
+        if in_place:
+            torch.matmul(probs, v[part], out=out[part])
+        else:
+            out.append(probs @ v[part])
+        if scores is not None:
+            scores.append(token_scores(probs, *selection))
+    return out if in_place else torch.cat(out), None if scores is None else torch.cat(scores)
+
+
 @functools.lru_cache(maxsize=8)
 def spatial_graph(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
     """(M, M) 0/1 adjacency of the 8-neighbourhood on a (rows, cols) patch grid in raster order, no self loops.
@@ -253,18 +285,17 @@ class GTPBlock(Block):
         bias = None if info.token_scales is None else info.token_scales.log()[:, None, None, :]
         h = self.norm1(x)
         q, k, v = _timm.split_heads(self.attn, h)
+        scores = None
         if num_prop > 0 or info.sparsity < 1:
-            probs = _timm.attention_probs(self.attn, q, k, bias, contiguous_keys=True)
-            if info.sparsity < 1:
-                probs = sparsify(probs, info.sparsity)
-            out = probs @ v
+            out, scores = attention_with_scores(self.attn, q, k, v, bias, info.sparsity,
+                                                (p, info.selection) if num_prop > 0 else None)
         else:
             out = _timm.attend(self.attn, q, k, v, bias)
         x = x + _timm.run(self.drop_path1, _timm.run(self.ls1, _timm.project(self.attn, out, h)))
 
         info.tokens_in.append(x.shape[1])
         if num_prop > 0:
-            order = torch.argsort(token_scores(probs, p, info.selection), dim=1, descending=True) + p
+            order = torch.argsort(scores, dim=1, descending=True) + p
             kept, prop = order[:, :-num_prop], order[:, -num_prop:]
             scales = info.token_scales
             if scales is None and info.token_scale and info.current_graph is not None:

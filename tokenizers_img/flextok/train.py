@@ -10,7 +10,13 @@ No official training loop is released (ml-flextok issue #2); this follows the pa
   ``k`` registers with ``k`` drawn from the powers of two up to N (``size_sampling_mode="pow2"``) and the CFG null
   condition replaces the registers with probability ``cond_dropout``; the rectified-flow loss is the MSE between
   the decoder's velocity and ``noise - latents`` at ``x_t = t * noise + (1 - t) * latents`` with logit-normal ``t``
-  (official ``MinRFNoiseModule``). FSQ passes gradients straight through. REPA is not used (no DINOv2 offline).
+  (official ``MinRFNoiseModule``; ``logit_mean`` shifts it towards noise, as SD3's timestep shift does). FSQ passes
+  gradients straight through. REPA is not used (no DINOv2 offline).
+
+  Why the shift: without REPA, a small decoder trained at the official logit-normal(0, 1) learns to denoise from
+  the noised latents alone and stops reading the registers (in a 1,200-step probe the encoder's gradient norm fell
+  to 0.002 and the velocity error at t = 1 was the same for 1 and 64 tokens); at ``logit_mean = 1`` (mean t 0.7)
+  the encoder keeps a gradient 90x larger.
 """
 
 from __future__ import annotations
@@ -180,6 +186,7 @@ class FlexTokTrainConfig:
     weight_decay: float = 0.05
     cond_dropout: float = 0.1
     keep_k_mode: str = "pow2"
+    logit_mean: float = 0.0
     crops: int = 30000
     seed: int = 0
     save_every: int = 1000
@@ -203,9 +210,10 @@ def sample_keep_k(batch: int, num_registers: int, mode: str, device=None) -> tor
 class RectifiedFlowObjective(torch.nn.Module):
     """Scaled VAE latents ``(B, C, h, w)`` -> the rectified-flow loss of the tokenizer (one forward, DDP-safe)."""
 
-    def __init__(self, model: FlexTok, cond_dropout: float, keep_k_mode: str):
+    def __init__(self, model: FlexTok, cond_dropout: float, keep_k_mode: str, logit_mean: float = 0.0):
         super().__init__()
         self.model, self.cond_dropout, self.keep_k_mode = model, cond_dropout, keep_k_mode
+        self.logit_mean = logit_mean
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -213,7 +221,7 @@ class RectifiedFlowObjective(torch.nn.Module):
         quants = m.encode_latents(latents)["quants"]                                   # (B, N, d), straight-through
         keep = sample_keep_k(b, m.config.num_registers, self.keep_k_mode, latents.device)
         uncond = torch.rand(b, device=latents.device) < self.cond_dropout
-        t = torch.sigmoid(torch.randn(b, device=latents.device))                        # logit-normal timesteps
+        t = torch.sigmoid(torch.randn(b, device=latents.device) + self.logit_mean)      # logit-normal timesteps
         noise = torch.randn_like(latents)
         tt = t.view(b, 1, 1, 1)
         noised = tt * noise + (1 - tt) * latents
@@ -236,7 +244,7 @@ def train_tokenizer(model: FlexTok, tc: FlexTokTrainConfig, photos: dict[str, to
     size = model.config.image_size
     crops = random_crops(photo_pyramid(photos, size), size, tc.crops, tc.seed + 1)
     bank = encode_bank(model, crops)
-    objective = RectifiedFlowObjective(model, tc.cond_dropout, tc.keep_k_mode)
+    objective = RectifiedFlowObjective(model, tc.cond_dropout, tc.keep_k_mode, tc.logit_mean)
     trainable = [p for p in objective.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
     counter = StepCounter()
