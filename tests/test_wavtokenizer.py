@@ -164,6 +164,21 @@ def test_tile_halo_covers_the_receptive_field(tiny):
     assert 12000 - reached.min() <= right and reached.max() - 12000 <= left
 
 
+def test_long_sequences_run_in_exact_pieces(tiny, monkeypatch):
+    # the LSTM in segments with its state carried over, the nearest-code search in blocks of frames
+    lstm = tiny.encoder.model[-3]
+    x = torch.randn(2, lstm.lstm.input_size, 50)
+    with torch.inference_mode():
+        whole, _ = lstm(x)
+        monkeypatch.setattr(lstm, "segment", 7)
+        pieces, _ = lstm(x)
+        assert torch.equal(pieces, whole)
+        latent = torch.randn(2, tiny.codebook.shape[1], 10000)  # more frames than one block holds
+        brute = torch.cdist(latent.transpose(1, 2), tiny.codebook[None]).argmin(-1)
+        assert (1 << 20) // tiny.codebook_size < 2 * 10000
+        assert (tiny.quantize(latent) == brute).float().mean() > 0.99  # cdist rounds differently on near-ties
+
+
 def test_long_audio_is_decoded_in_chunks_without_seams(tiny):
     wav = _speechlike(24000 * 5, 4)  # 5 s with 2 s chunks -> 4 windows
     plan = tiny._chunk_plan(375)

@@ -151,8 +151,11 @@ class WavTokenizer(AudioTokenizer):
         batch, dim, frames = latent.shape
         x = latent.transpose(1, 2).reshape(-1, dim).float()
         embed = self.codebook.float()
-        dist = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(1)[None])
-        return dist.max(dim=-1).indices.view(batch, frames)
+        embed_sq = embed.pow(2).sum(1)[None]
+        rows = max(1, (1 << 20) // embed.shape[0])  # frames per block: a (rows, K) distance block of ~4 MiB
+        codes = [(-(part.pow(2).sum(1, keepdim=True) - 2 * part @ embed.t() + embed_sq)).max(dim=-1).indices
+                 for part in x.split(rows)]
+        return torch.cat(codes).view(batch, frames)
 
     def codes_to_features(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``(B, F)`` -> codebook vectors ``(B, D, F)`` (the decoder input)."""

@@ -119,8 +119,18 @@ class SLSTM(nn.Module):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, num_layers)
 
+    segment = 1024  # frames per LSTM call; the state carries over, so the result is that of one call
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
-        y, _ = self.lstm(x.permute(2, 0, 1))  # (T, B, C)
+        seq = x.permute(2, 0, 1)  # (T, B, C)
+        if seq.shape[0] <= self.segment:
+            y, _ = self.lstm(seq)
+        else:  # long inputs: cache-sized input projections instead of one (T, B, 4C) buffer
+            parts, state = [], None
+            for start in range(0, seq.shape[0], self.segment):
+                part, state = self.lstm(seq[start: start + self.segment], state)
+                parts.append(part)
+            y = torch.cat(parts)
         return y.permute(1, 2, 0) + x, lengths
 
 
