@@ -58,3 +58,20 @@ def test_flow_loss_reaches_the_encoder_through_fsq():
     loss.backward()
     assert model.encoder.head.proj.weight.grad.abs().sum() > 0   # straight through the FSQ rounding
     assert all(p.grad is None for p in model.vae.parameters())
+
+
+def test_timestep_options_pure_noise_and_shift(monkeypatch):
+    torch.manual_seed(0)
+    model = FlexTok(FlexTokConfig(**TINY_OVERRIDES["flextok"]))
+    seen = []
+    real = model.decoder.forward
+    monkeypatch.setattr(model.decoder, "forward", lambda q, x, t, *a: seen.append(t.clone()) or real(q, x, t, *a))
+    latents = torch.randn(512, TINY_OVERRIDES["flextok"]["vae_latent_channels"], 2, 2)
+    objective = RectifiedFlowObjective(model, 0.0, "pow2", logit_mean=1.0)
+    with torch.no_grad():
+        objective(latents)
+        objective.pure_noise = True
+        objective(latents)
+    shifted, pure = seen
+    assert 0.65 < float(shifted.mean()) < 0.75  # E[sigmoid(N(1, 1))] = 0.70 (official, logit_mean 0: 0.5)
+    assert torch.equal(pure, torch.ones_like(pure))
