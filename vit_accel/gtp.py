@@ -91,7 +91,7 @@ def attention_with_scores(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     """Explicit attention (B, H, N, d) and, for ``selection = (num_prefix, name)``, the token scores (B, M).
 
     The probabilities are needed in full (the scores read their diagonal and column sums), so they are formed some
-    images at a time: memory stays bounded for any batch (a batch-256 DeiT-S map would be 450 MiB per block). Per
+    images at a time: memory stays bounded for any batch (a batch-256 DeiT-S map would be 227 MiB per block). Per
     image the numbers are those of one full-batch pass.
     """
     B, H, N, _ = q.shape

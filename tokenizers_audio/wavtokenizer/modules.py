@@ -115,11 +115,11 @@ class SEANetResnetBlock(nn.Module):
 class SLSTM(nn.Module):
     """Unidirectional LSTM over time with a skip connection (causal: padding at the end cannot leak back)."""
 
+    segment = 1024  # frames per LSTM call; the state carries over, so the result is that of one call
+
     def __init__(self, dim: int, num_layers: int):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, num_layers)
-
-    segment = 1024  # frames per LSTM call; the state carries over, so the result is that of one call
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         seq = x.permute(2, 0, 1)  # (T, B, C)
