@@ -174,7 +174,7 @@ def propagate(x: torch.Tensor, graph: torch.Tensor | None, kept: torch.Tensor, p
         out = _timm.gather_rows(x, torch.cat([torch.arange(p, device=x.device).expand(B, p), kept], dim=1))
     if graph is not None:
         kept_img, prop_img = kept - p, prop - p
-        K, P = kept.shape[1], prop.shape[1]
+        K = kept.shape[1]
         rows = _timm.gather_rows(graph, kept_img)  # (B, K, M)
         weight = rows.gather(2, prop_img[:, None, :].expand(-1, K, -1))  # (B, K, P)
         graph = rows.gather(2, kept_img[:, None, :].expand(-1, K, -1))  # (B, K, K)

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import pad_sequence
 from vector_quantize_pytorch import VectorQuantize
 
 from zoo import io as zio
@@ -207,9 +208,7 @@ class WavTokenizer(AudioTokenizer):
         mono = [zio.resample(zio.to_mono(item[None].to(device).float()), sample_rate, self.sample_rate)[0]
                 for item in items]
         lengths = torch.tensor([m.shape[-1] for m in mono], device=device)
-        wav = torch.zeros(len(mono), int(lengths.max()), device=device)
-        for i, m in enumerate(mono):
-            wav[i, : m.shape[-1]] = m
+        wav = pad_sequence(mono, batch_first=True)
         return wav, lengths, original
 
     @torch.inference_mode()
@@ -267,7 +266,7 @@ class WavTokenizer(AudioTokenizer):
             frames = -(-n // hop)
             for start in range(0, frames, core):
                 ws, we = max(0, start - halo), min(frames, start + core + halo)
-                windows.append(x[b, :, ws * hop: min(we * hop, n)])
+                windows.append(x[b, 0, ws * hop: min(we * hop, n)])
                 places.append((b, ws, start, min(start + core, frames)))
         out = None
         order = sorted(range(len(windows)), key=lambda i: windows[i].shape[-1], reverse=True)
@@ -275,9 +274,7 @@ class WavTokenizer(AudioTokenizer):
         for g in self._groups(sizes, self._budget_seconds("encode")):
             ids = order[g]
             win_lengths = torch.tensor(sizes[g], device=x.device)
-            batch = x.new_zeros(len(ids), 1, int(win_lengths.max()))
-            for row, i in enumerate(ids):
-                batch[row, :, : windows[i].shape[-1]] = windows[i]
+            batch = pad_sequence([windows[i] for i in ids], batch_first=True)[:, None]
             uniform = bool((win_lengths == batch.shape[-1]).all())
             h, _ = self.encoder.frontend(batch, None if uniform else win_lengths)  # (W, C, frames)
             if out is None:
@@ -381,9 +378,7 @@ class WavTokenizer(AudioTokenizer):
             for g in range(0, len(plan), group):
                 part = plan[g: g + group]
                 lengths = torch.tensor([we - ws for ws, we, _, _ in part], device=codes.device)
-                batch = torch.zeros(len(part), int(lengths.max()), dtype=torch.long, device=codes.device)
-                for i, (ws, we, _, _) in enumerate(part):
-                    batch[i, : we - ws] = codes[b, ws:we]
+                batch = pad_sequence([codes[b, ws:we] for ws, we, _, _ in part], batch_first=True)
                 decoded = self._decode(batch, lengths, bandwidth_id).float()
                 for i, (ws, we, cs, ce) in enumerate(part):
                     t = torch.arange(ws * hop, we * hop, device=codes.device, dtype=torch.float32)
