@@ -32,8 +32,9 @@ after one warm-up round, ``--repeats`` rounds, medians reported:
 The official model (``--reference``, a checkout of apple/ml-flextok; needs hydra-core, omegaconf, einops, mup) is
 built at run time from its own classes: ``flextok.vae_wrapper.VAE_BASE_CFG`` is updated with our VAE architecture
 (``convert.official_vae_config``; the official wrapper takes the VAE architecture from that module-level dict), then
-``hydra.utils.instantiate(convert.to_official_config(config))`` (allow-listed targets only), then
-``load_state_dict(convert.to_official(ours.state_dict()), strict=True)``. On CPU it uses the official SDPA fallback of
+``hydra.utils.instantiate(convert.to_official_config(config))`` (allow-listed targets only) with its parameters on
+the meta device (``accelerate.init_empty_weights``), then ``load_state_dict(convert.to_official(ours.state_dict()),
+strict=True, assign=True)``: both models hold the same weight tensors, so a full-size pair fits in memory. On CPU it uses the official SDPA fallback of
 commit 87d00cc, as the parity fixture was made: materialised masks (``return_materialized_mask``) and
 ``FlexAttention.use_flex_attention = False``; on CUDA its default flex_attention path (compiled during the warm-up),
 unless ``--official-attention sdpa``. Nothing of it is imported by the package or the tests.
@@ -110,10 +111,18 @@ def build_official(path: str, ours: FlexTok, device: torch.device, attention: st
     from flextok.model.layers.attention import FlexAttention
     from hydra.utils import instantiate
 
+    from accelerate import init_empty_weights
+
     sdpa = attention == "sdpa"
     vae_wrapper.VAE_BASE_CFG.update(official_vae_config(ours.config))
-    model = instantiate(to_official_config(ours.config, sdpa_masks=sdpa))
-    model.load_state_dict(to_official(ours.state_dict()), strict=True)
+    # parameters on the meta device, then our tensors assigned (shared, not copied): a full-size model then needs
+    # no second copy of its weights. Buffers (the FSQ tables) are built for real.
+    with init_empty_weights(include_buffers=False):
+        model = instantiate(to_official_config(ours.config, sdpa_masks=sdpa))
+    model.load_state_dict(to_official(ours.state_dict()), strict=True, assign=True)
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise RuntimeError(f"official model: tensors left on the meta device: {meta[:5]}")
     if sdpa:
         for m in model.modules():
             if isinstance(m, FlexAttention):
@@ -233,7 +242,8 @@ def main() -> None:
         if args.bf16:
             impls["ours-bf16"] = copy.deepcopy(ours).cast(dtype=torch.bfloat16)
         if args.reference:
-            need = 1.5 * model_bytes(ours)
+            # on the CPU the official model shares our weight tensors; on an accelerator `.to` copies them
+            need = (1.5 if device.type != "cpu" else 0.25) * model_bytes(ours)
             if device.type == "cpu":
                 import psutil
 

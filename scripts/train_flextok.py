@@ -5,8 +5,10 @@
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_flextok.py ...    # 2 processes
     accelerate launch --multi_gpu --num_processes 8 scripts/train_flextok.py ...                  # 8 GPUs
 
-Stage ``vae`` trains the VAE and writes ``OUT/vae/vae.safetensors`` plus its latent scaling factor; stage
-``tokenizer`` loads that VAE, freezes it and trains the encoder + FSQ + decoder (``OUT/tokenizer``). The model
+Stage ``vae`` trains the VAE and writes ``OUT/vae/vae.safetensors`` plus its latent scaling factor (``--vae-export
+DIR`` also writes it in zoo layout with its measured card); stage ``tokenizer`` loads that VAE, or a VAE model given
+by ``--vae-from`` (e.g. the bundled ``flextok-vae-tiny-64px``), freezes it and trains the encoder + FSQ + decoder
+(``OUT/tokenizer``). The model
 config comes from the registry entry `--name`. Measure and write the card with scripts/eval_flextok.py.
 """
 
@@ -20,15 +22,32 @@ from pathlib import Path
 import torch
 
 import zoo
-from tokenizers_img.flextok import FlexTok, FlexTokConfig
+from tokenizers_img.flextok import FlexTok, FlexTokConfig, FlexTokVAE, FlexTokVAEConfig
+from tokenizers_img.flextok.evaluate import vae_table
 from tokenizers_img.flextok.train import FlexTokTrainConfig, VAETrainConfig, train_tokenizer, train_vae
 from zoo import checkpoints, data
+from zoo.cards import metrics_text
 
 
 def add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     for field in dataclasses.fields(cls):
         parser.add_argument(f"--{prefix}{field.name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{field.name}",
                             type=type(field.default), default=field.default)
+
+
+def export_vae(state_dict: dict, scaling: float, spec, out: str) -> None:
+    """The VAE of a tokenizer entry `spec`, in zoo layout, with its held-out card table."""
+    fields = {f.name for f in dataclasses.fields(FlexTokVAEConfig)} - {"architecture"}
+    vae = FlexTokVAE(FlexTokVAEConfig(**{k: v for k, v in spec.config.items() if k in fields},
+                                      vae_scaling_factor=scaling))
+    checkpoints.load_into(vae.vae, state_dict, source="the trained VAE")
+    vae_name = "flextok-vae-" + spec.name.removeprefix("flextok-")  # flextok-tiny-64px -> flextok-vae-tiny-64px
+    vae.card_info["spec"] = zoo.model_info(vae_name) if vae_name in zoo.list_models() else None
+    table = vae_table(vae.eval())
+    vae.card_info["metrics"] = table
+    vae.save_pretrained(out)
+    print(metrics_text(table))
+    print(f"VAE exported to {out}")
 
 
 def main() -> None:
@@ -39,6 +58,9 @@ def main() -> None:
     parser.add_argument("--export", default=None, help="zoo-layout folder for the trained tokenizer")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the stage")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--vae-export", default=None, help="zoo-layout folder for the trained VAE (with its card)")
+    parser.add_argument("--vae-from", default=None,
+                        help="tokenizer stage: start from this VAE model (registry name or local-dir:PATH)")
     add_fields(parser, VAETrainConfig, "vae-")
     add_fields(parser, FlexTokTrainConfig)
     args = parser.parse_args()
@@ -60,14 +82,23 @@ def main() -> None:
             with checkpoints.atomic_path(vae_meta) as tmp:
                 tmp.write_text(json.dumps({"vae_scaling_factor": scaling}))
             print(f"VAE written to {vae_file} (latent scaling factor {scaling:.4f})")
+            if args.vae_export:
+                export_vae(vae.state_dict(), scaling, spec, args.vae_export)
         state.wait_for_everyone()
 
     if args.stage in ("tokenizer", "all"):
-        if not vae_file.is_file():
-            parser.error(f"{vae_file} is missing: run --stage vae first")
-        scaling = json.loads(vae_meta.read_text())["vae_scaling_factor"]
+        if args.vae_from:
+            vae_model = zoo.load(args.vae_from)
+            if not isinstance(vae_model, FlexTokVAE) or vae_model.config.vae_scaling_factor is None:
+                parser.error(f"--vae-from {args.vae_from}: expected a FlexTok VAE with a latent scaling factor")
+            scaling, vae_state, source = vae_model.config.vae_scaling_factor, vae_model.vae.state_dict(), args.vae_from
+        elif vae_file.is_file():
+            scaling = json.loads(vae_meta.read_text())["vae_scaling_factor"]
+            vae_state, source = checkpoints.read_state_dict(vae_file), str(vae_file)
+        else:
+            parser.error(f"{vae_file} is missing: run --stage vae first, or give --vae-from")
         model = FlexTok(FlexTokConfig(**{**spec.config, "vae_scaling_factor": scaling}))
-        checkpoints.load_into(model.vae, checkpoints.read_state_dict(vae_file), source=str(vae_file))
+        checkpoints.load_into(model.vae, vae_state, source=source)
         tc = FlexTokTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FlexTokTrainConfig)})
         model = train_tokenizer(model, tc, photos, str(out / "tokenizer"), resume=args.resume)
         if args.export and state.is_main_process:

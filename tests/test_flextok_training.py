@@ -1,5 +1,6 @@
 """The FlexTok training recipe runs end to end at a tiny size, saves complete checkpoints and resumes."""
 
+import pytest
 import torch
 
 from tokenizers_img.flextok import FlexTok, FlexTokConfig
@@ -29,8 +30,8 @@ def test_crops_and_keep_k():
 def test_vae_then_tokenizer_train_save_and_resume(tmp_path):
     torch.manual_seed(0)
     config = FlexTokConfig(**TINY_OVERRIDES["flextok"])
-    vae, scaling = train_vae(config, VAETrainConfig(steps=2, batch_size=2, crops=8, save_every=1), photos(),
-                             str(tmp_path / "vae"))
+    vae_tc = VAETrainConfig(steps=2, batch_size=2, crops=8, crop_size=8, save_every=1)  # 8 px crops of a 16 px model
+    vae, scaling = train_vae(config, vae_tc, photos(), str(tmp_path / "vae"))
     assert scaling > 0 and (tmp_path / "vae" / "checkpoints" / "checkpoint_1" / COMPLETE).read_text() == "2"
     model = FlexTok(FlexTokConfig(**{**TINY_OVERRIDES["flextok"], "vae_scaling_factor": scaling}))
     model.vae.load_state_dict(vae.state_dict())
@@ -75,3 +76,42 @@ def test_timestep_options_pure_noise_and_shift(monkeypatch):
     shifted, pure = seen
     assert 0.65 < float(shifted.mean()) < 0.75  # E[sigmoid(N(1, 1))] = 0.70 (official, logit_mean 0: 0.5)
     assert torch.equal(pure, torch.ones_like(pure))
+
+
+def test_keep_all_prob_sets_full_length_items(monkeypatch):
+    torch.manual_seed(0)
+    model = FlexTok(FlexTokConfig(**TINY_OVERRIDES["flextok"]))
+    n = model.config.num_registers
+    seen = []
+    real = model.decoder.forward
+    monkeypatch.setattr(model.decoder, "forward",
+                        lambda q, x, t, keep, *a: seen.append(keep.clone()) or real(q, x, t, keep, *a))
+    latents = torch.randn(1000, TINY_OVERRIDES["flextok"]["vae_latent_channels"], 2, 2)
+    with torch.no_grad():
+        for prob in (0.0, 0.5, 1.0):
+            RectifiedFlowObjective(model, 0.0, "pow2", keep_all_prob=prob)(latents)
+    share = [float((keep == n).float().mean()) for keep in seen]
+    # pow2 alone keeps all n tokens for 1 in log2(n) + 1 items; keep_all_prob adds that share on top
+    pow2_share = 1 / len({2 ** i for i in range(n.bit_length())} | {n})
+    assert abs(share[0] - pow2_share) < 0.06 and abs(share[1] - (0.5 + 0.5 * pow2_share)) < 0.06 and share[2] == 1.0
+    with pytest.raises(ValueError, match="keep_all_prob"):
+        RectifiedFlowObjective(model, 0.0, "pow2", keep_all_prob=1.5)
+
+
+def test_tokenizer_stage_starts_from_the_bundled_vae(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    import zoo
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import train_flextok
+
+    monkeypatch.setattr(sys, "argv", ["train_flextok.py", "--stage", "tokenizer", "--vae-from", "flextok-vae-tiny-64px",
+                                      "--out", str(tmp_path / "run"), "--export", str(tmp_path / "export"),
+                                      "--steps", "1", "--batch-size", "2", "--crops", "4", "--threads", "1"])
+    train_flextok.main()
+    vae = zoo.load("flextok-vae-tiny-64px")
+    tok = zoo.load(f"local-dir:{tmp_path / 'export'}")
+    assert tok.config.vae_scaling_factor == vae.config.vae_scaling_factor
+    assert all(torch.equal(v, tok.vae.state_dict()[k]) for k, v in vae.vae.state_dict().items())

@@ -66,17 +66,18 @@ _official(18, 28, "dfn", "FlexTok d18-d28 trained on DFN web images (use it for 
 
 # The tiny model trained here (scripts/train_flextok.py): 64 x 64 images, f4 VAE with 8 channels, 8 x 8 patches,
 # 64 registers of the official 64,000-code FSQ, 4 + 4 transformer layers of width 128.
-TINY = dict(image_size=64, vae_latent_channels=8, vae_block_out_channels=(32, 64, 128), vae_layers_per_block=1,
-            vae_norm_num_groups=16, patch_size=2, posemb_grid=(8, 8), encoder_dim=128, encoder_depth=4,
+TINY_VAE = dict(image_size=64, vae_latent_channels=8, vae_block_out_channels=(32, 64, 128), vae_layers_per_block=1,
+                vae_norm_num_groups=16)
+TINY = dict(**TINY_VAE, patch_size=2, posemb_grid=(8, 8), encoder_dim=128, encoder_depth=4,
             encoder_head_dim=32, decoder_dim=128, decoder_depth=4, decoder_head_dim=32, num_registers=64,
             max_timestep=1.0, null_cond="learned", head_adaLN=True, default_steps=25, default_guidance_scale=1.0,
             default_apg=False)
 TINY_TRAINING_NOTES = (
-    "Architecture only for now: scripts/train_flextok.py trains it (config from this entry) and "
-    "scripts/eval_flextok.py measures and exports it. No weights are bundled: the best CPU run so far (VAE 1,500 "
-    "steps; tokenizer 8,000 steps of batch 16, the first 3,000 at t = 1, then logit-normal t shifted by +1) rises "
-    "with k on held-out photos (11.1 dB at 1 token, 15.3 dB at 64) but stays below a bicubic thumbnail of the same "
-    "bits (18.7 dB at 7 x 7), so it is not shipped."
+    "Architecture only for now: scripts/train_flextok.py trains it (config from this entry, VAE from the bundled "
+    "flextok-vae-tiny-64px with --vae-from) and scripts/eval_flextok.py measures and exports it. No weights are "
+    "bundled: the best CPU run so far (6,000 steps of batch 16, the first 3,500 at t = 1, then logit-normal t "
+    "shifted by +1, half the items keeping all 64 tokens) rises with k on held-out photos (11.1 dB at 1 token, "
+    "16.8 dB at 64) but stays below a bicubic thumbnail of the same bits (18.7 dB at 7 x 7), so it is not shipped."
 )
 
 register_model(ModelSpec(
@@ -104,3 +105,21 @@ for _channels in (4, 8, 16):
         notes="Read from the main branch: the Hub commit sha was not available offline. The latent scaling factor "
               "is not applied here: `encode` returns the unscaled posterior mode, as diffusers does.",
     ))
+
+# The tiny model's VAE, trained here first (scripts/train_flextok.py --stage vae) and bundled on its own, so that
+# the tokenizer stage can start from it (`--vae-from flextok-vae-tiny-64px`).
+register_model(ModelSpec(
+    name="flextok-vae-tiny-64px", family="flextok", kind="autoencoder", modality="image",
+    architecture="flextok-vae", config=dict(TINY_VAE, vae_scaling_factor=0.7136072516441345),
+    bundled="flextok-vae-tiny-64px",
+    license="mit", paper="https://arxiv.org/abs/2502.13967", citation=CITATION,
+    origin_url="https://github.com/apple/ml-flextok", input_size=64,
+    datasets=("scikit-image photographs (zoo.data.photos)",), tags=("image-autoencoder", "vae", "f4", "tiny"),
+    description="The VAE of flextok-tiny-64px (diffusers AutoencoderKL, 8 latent channels, f4), trained here on "
+                "crops of the scikit-image / scikit-learn photographs.",
+    notes="Trained with `python scripts/train_flextok.py --stage vae --out runs/flextok --vae-steps 2500 "
+          "--vae-crop-size 32 --vae-lr 6e-4`, then continued with `--resume --vae-steps 6500` (a warm restart of "
+          "the cosine schedule), batch 16, L1 + MSE + 1e-6 KL, on 32 x 32 crops (the network is fully "
+          "convolutional; 64 x 64 crops cost 4x as much), about 45 min on a 2-core CPU. The latent scaling factor "
+          "0.7136 (1 / std of the posterior-mode latents on training crops) is the one the tokenizer uses.",
+))

@@ -18,6 +18,11 @@ No official training loop is released (ml-flextok issue #2); this follows the pa
   to 0.002 and the velocity error at t = 1 was the same for 1 and 64 tokens); at ``logit_mean = 1`` (mean t 0.7)
   the encoder keeps a gradient 90x larger. ``autoencoder_steps`` first trains at t = 1 only (the decoder sees pure
   noise and must rebuild the latents from the registers alone), so that the decoder starts out reading them.
+
+  Why ``keep_all_prob`` (items that keep all N registers, on top of the nested-dropout draw): with pow2 alone only
+  1 item in log2(N) + 1 trains the full length, and a small model learns it slowly (in 1,000-step probes at t = 1
+  on held-out photos, all 64 tokens decoded at 15.3 dB after 4,000 pow2 steps, 17.7 dB after 1,000 steps that
+  always kept all 64).
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class VAETrainConfig:
     warmup_steps: int = 100
     kl_weight: float = 1e-6
     crops: int = 20000
+    crop_size: int = 0  # training crop side in pixels; 0 = the model's image_size (the VAE is fully convolutional)
     seed: int = 0
     save_every: int = 1000
     log_every: int = 100
@@ -104,7 +110,8 @@ def train_vae(model_config: FlexTokConfig, tc: VAETrainConfig, photos: dict[str,
     set_seed(tc.seed, device_specific=True)
     vae = build_vae(model_config)
     autoencoder = _Autoencode(vae)
-    crops = random_crops(photo_pyramid(photos, model_config.image_size), model_config.image_size, tc.crops, tc.seed)
+    size = tc.crop_size or model_config.image_size
+    crops = random_crops(photo_pyramid(photos, size), size, tc.crops, tc.seed)
     loader = torch.utils.data.DataLoader(_Repeat(crops, tc.steps * tc.batch_size * accelerator.num_processes),
                                          batch_size=tc.batch_size, shuffle=False, drop_last=True)
     opt = torch.optim.AdamW(autoencoder.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -187,6 +194,7 @@ class FlexTokTrainConfig:
     weight_decay: float = 0.05
     cond_dropout: float = 0.1
     keep_k_mode: str = "pow2"
+    keep_all_prob: float = 0.0
     logit_mean: float = 0.0
     autoencoder_steps: int = 0
     crops: int = 30000
@@ -212,17 +220,22 @@ def sample_keep_k(batch: int, num_registers: int, mode: str, device=None) -> tor
 class RectifiedFlowObjective(torch.nn.Module):
     """Scaled VAE latents ``(B, C, h, w)`` -> the rectified-flow loss of the tokenizer (one forward, DDP-safe)."""
 
-    def __init__(self, model: FlexTok, cond_dropout: float, keep_k_mode: str, logit_mean: float = 0.0):
+    def __init__(self, model: FlexTok, cond_dropout: float, keep_k_mode: str, logit_mean: float = 0.0,
+                 keep_all_prob: float = 0.0):
         super().__init__()
+        if not 0.0 <= keep_all_prob <= 1.0:
+            raise ValueError(f"keep_all_prob must be in [0, 1], got {keep_all_prob}")
         self.model, self.cond_dropout, self.keep_k_mode = model, cond_dropout, keep_k_mode
-        self.logit_mean = logit_mean
+        self.logit_mean, self.keep_all_prob = logit_mean, keep_all_prob
         self.pure_noise = False  # set by the loop during the first `autoencoder_steps`: t = 1 for every item
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         m = self.model
         b = latents.shape[0]
         quants = m.encode_latents(latents)["quants"]                                   # (B, N, d), straight-through
-        keep = sample_keep_k(b, m.config.num_registers, self.keep_k_mode, latents.device)
+        n = m.config.num_registers
+        keep = sample_keep_k(b, n, self.keep_k_mode, latents.device)
+        keep = torch.where(torch.rand(b, device=latents.device) < self.keep_all_prob, n, keep)
         uncond = torch.rand(b, device=latents.device) < self.cond_dropout
         t = torch.sigmoid(torch.randn(b, device=latents.device) + self.logit_mean)      # logit-normal timesteps
         if self.pure_noise:
@@ -249,7 +262,7 @@ def train_tokenizer(model: FlexTok, tc: FlexTokTrainConfig, photos: dict[str, to
     size = model.config.image_size
     crops = random_crops(photo_pyramid(photos, size), size, tc.crops, tc.seed + 1)
     bank = encode_bank(model, crops)
-    objective = RectifiedFlowObjective(model, tc.cond_dropout, tc.keep_k_mode, tc.logit_mean)
+    objective = RectifiedFlowObjective(model, tc.cond_dropout, tc.keep_k_mode, tc.logit_mean, tc.keep_all_prob)
     trainable = [p for p in objective.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
     counter = StepCounter()

@@ -1,4 +1,5 @@
-"""The FlexTok VAE on its own (``EPFL-VILAB/flextok_vae_c{4,8,16}``): a diffusers ``AutoencoderKL``, f8.
+"""The FlexTok VAE on its own (``EPFL-VILAB/flextok_vae_c{4,8,16}``, or the tiny f4 one trained here): a diffusers
+``AutoencoderKL``.
 
 The released VAE repos are in diffusers layout (``config.json`` + ``diffusion_pytorch_model.safetensors``, keys
 without a prefix); `checkpoint_filter_fn` maps them to this module's ``vae.*`` keys and checks every one.
@@ -28,6 +29,8 @@ class FlexTokVAEConfig:
     vae_norm_num_groups: int = 32
     vae_act_fn: str = "silu"
     vae_mid_block_add_attention: bool = True
+    # the factor a FlexTok tokenizer multiplies these latents by (None = not known); `encode` does not apply it
+    vae_scaling_factor: float | None = None
 
     def __post_init__(self):
         self.vae_block_out_channels = tuple(int(c) for c in self.vae_block_out_channels)
@@ -35,7 +38,8 @@ class FlexTokVAEConfig:
 
 @register_architecture("flextok-vae")
 class FlexTokVAE(ZooModel):
-    """Images ``(B, 3, H, W)`` in [0, 1] <-> unscaled posterior-mode latents ``(B, C, H/8, W/8)``."""
+    """Images ``(B, 3, H, W)`` in [0, 1] <-> unscaled posterior-mode latents ``(B, C, H/f, W/f)``, ``f`` the
+    downsampling factor (8 for the released VAEs)."""
 
     config_class = FlexTokVAEConfig
     modality = "image"
@@ -61,7 +65,7 @@ class FlexTokVAE(ZooModel):
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``(B, C, h, w)`` -> images ``(B, 3, 8h, 8w)`` in [0, 1]."""
+        """Latents ``(B, C, h, w)`` -> images ``(B, 3, f h, f w)`` in [0, 1]."""
         c = self.config.vae_latent_channels
         if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != c:
             raise ValueError(f"latents: expected a (B, {c}, h, w) tensor, got "
@@ -75,7 +79,8 @@ class FlexTokVAE(ZooModel):
         return {**super().card_facts(), "latent": f"{c.vae_latent_channels} channels, f{self.downsample}"}
 
     def card_usage(self) -> str:
-        return "latents = model.encode(img)   # (B, C, H/8, W/8), unscaled posterior mode\nimg = model.decode(latents)"
+        return (f"latents = model.encode(img)   # (B, C, H/{self.downsample}, W/{self.downsample}), unscaled posterior "
+                "mode\nimg = model.decode(latents)")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: FlexTokVAE) -> dict[str, torch.Tensor]:
