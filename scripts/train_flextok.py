@@ -92,6 +92,10 @@ def main() -> None:
             if not isinstance(vae_model, FlexTokVAE) or vae_model.config.vae_scaling_factor is None:
                 parser.error(f"--vae-from {args.vae_from}: expected a FlexTok VAE with a latent scaling factor")
             scaling, vae_state, source = vae_model.config.vae_scaling_factor, vae_model.vae.state_dict(), args.vae_from
+            if state.is_main_process:  # the run folder stays self-contained (scripts/eval_flextok.py --run reads it)
+                checkpoints.save_state_dict(vae_state, vae_file)
+                with checkpoints.atomic_path(vae_meta) as tmp:
+                    tmp.write_text(json.dumps({"vae_scaling_factor": scaling, "vae_from": args.vae_from}))
         elif vae_file.is_file():
             scaling = json.loads(vae_meta.read_text())["vae_scaling_factor"]
             vae_state, source = checkpoints.read_state_dict(vae_file), str(vae_file)

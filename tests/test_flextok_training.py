@@ -1,5 +1,7 @@
 """The FlexTok training recipe runs end to end at a tiny size, saves complete checkpoints and resumes."""
 
+import json
+
 import pytest
 import torch
 
@@ -115,3 +117,6 @@ def test_tokenizer_stage_starts_from_the_bundled_vae(tmp_path, monkeypatch):
     tok = zoo.load(f"local-dir:{tmp_path / 'export'}")
     assert tok.config.vae_scaling_factor == vae.config.vae_scaling_factor
     assert all(torch.equal(v, tok.vae.state_dict()[k]) for k, v in vae.vae.state_dict().items())
+    # the run folder records the VAE, as scripts/eval_flextok.py --run expects
+    recorded = json.loads((tmp_path / "run" / "vae" / "vae.json").read_text())
+    assert recorded["vae_scaling_factor"] == vae.config.vae_scaling_factor
