@@ -34,10 +34,11 @@ built at run time from its own classes: ``flextok.vae_wrapper.VAE_BASE_CFG`` is 
 (``convert.official_vae_config``; the official wrapper takes the VAE architecture from that module-level dict), then
 ``hydra.utils.instantiate(convert.to_official_config(config))`` (allow-listed targets only) with its parameters on
 the meta device (``accelerate.init_empty_weights``), then ``load_state_dict(convert.to_official(ours.state_dict()),
-strict=True, assign=True)``: both models hold the same weight tensors, so a full-size pair fits in memory. On CPU it uses the official SDPA fallback of
-commit 87d00cc, as the parity fixture was made: materialised masks (``return_materialized_mask``) and
-``FlexAttention.use_flex_attention = False``; on CUDA its default flex_attention path (compiled during the warm-up),
-unless ``--official-attention sdpa``. Nothing of it is imported by the package or the tests.
+strict=True, assign=True)``: both models hold the same weight tensors, so a full-size pair fits in memory. On CPU
+it uses the official SDPA fallback of commit 87d00cc, as the parity fixture was made: materialised masks
+(``return_materialized_mask``) and ``FlexAttention.use_flex_attention = False``; on CUDA its default flex_attention
+path (compiled during the warm-up), unless ``--official-attention sdpa``. Nothing of it is imported by the package
+or the tests.
 
 Peak memory = tensor memory in use at the worst moment of a call beyond what was allocated before it (so weights are
 excluded), measured in one extra, untimed call per implementation and operation: on CUDA

@@ -37,7 +37,7 @@ def add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
 
 def export_vae(state_dict: dict, scaling: float, spec, out: str) -> None:
     """The VAE of a tokenizer entry `spec`, in zoo layout, with its held-out card table."""
-    fields = {f.name for f in dataclasses.fields(FlexTokVAEConfig)} - {"architecture"}
+    fields = {f.name for f in dataclasses.fields(FlexTokVAEConfig)} - {"architecture", "vae_scaling_factor"}
     vae = FlexTokVAE(FlexTokVAEConfig(**{k: v for k, v in spec.config.items() if k in fields},
                                       vae_scaling_factor=scaling))
     checkpoints.load_into(vae.vae, state_dict, source="the trained VAE")

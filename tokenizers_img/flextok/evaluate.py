@@ -106,7 +106,8 @@ def vae_table(vae: FlexTokVAE) -> dict:
     for side in (grid, same_values):
         base = bicubic_baseline(images, side)
         rows.append([f"bicubic via {side}x{side} RGB thumbnail", 3 * side * side,
-                     round(float(metrics.psnr(base, images).mean()), 2), round(float(metrics.ssim(base, images).mean()), 4)])
+                     round(float(metrics.psnr(base, images).mean()), 2),
+                     round(float(metrics.ssim(base, images).mean()), 4)])
     description = (
         f"Held-out photographs never seen in training (zoo.data.photos: {', '.join(data.HELD_OUT_PHOTOS)}): "
         f"{len(images)} images of {size} x {size} (as for the FlexTok tables), encoded to the posterior mode "
