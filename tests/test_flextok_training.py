@@ -1,6 +1,8 @@
 """The FlexTok training recipe runs end to end at a tiny size, saves complete checkpoints and resumes."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from tokenizers_img.flextok import FlexTok, FlexTokConfig
 from tokenizers_img.flextok.train import (FlexTokTrainConfig, RectifiedFlowObjective, VAETrainConfig, photo_pyramid,
                                           random_crops, sample_keep_k, train_tokenizer, train_vae)
+import zoo
 from zoo.training import COMPLETE
 
 from conftest import TINY_OVERRIDES
@@ -101,12 +104,7 @@ def test_keep_all_prob_sets_full_length_items(monkeypatch):
 
 
 def test_tokenizer_stage_starts_from_the_bundled_vae(tmp_path, monkeypatch):
-    import sys
-    from pathlib import Path
-
-    import zoo
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
     import train_flextok
 
     monkeypatch.setattr(sys, "argv", ["train_flextok.py", "--stage", "tokenizer", "--vae-from", "flextok-vae-tiny-64px",
