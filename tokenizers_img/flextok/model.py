@@ -471,8 +471,9 @@ class FlexTok(Tokenizer):
         }
 
     def card_usage(self) -> str:
+        n = self.config.num_registers
         return (
             "img = zoo.io.load_image(\"photo.png\")[None]     # (1, 3, H, W) in [0, 1]\n"
-            "tokens = tok.encode(img)                       # tokens.codes: (B, 256) int64, coarse to fine\n"
-            "recon = tok.decode(tokens.codes[:, :32], seed=0)  # any prefix decodes"
+            f"tokens = tok.encode(img)                       # tokens.codes: (B, {n}) int64, coarse to fine\n"
+            f"recon = tok.decode(tokens.codes[:, :{max(1, n // 8)}], seed=0)  # any prefix decodes"
         )
