@@ -26,9 +26,7 @@ def bundled_tiny(tmp_path, monkeypatch):
     root = tmp_path / "weights"
     model.card_info["spec"] = spec
     model.eval().save_pretrained(root / spec.bundled)
-    # the tiny FlexTok is not bundled yet (see its notes): register it as bundled for these tests
-    image_spec = dataclasses.replace(zoo.model_info("flextok-tiny-64px"), bundled="flextok-tiny-64px")
-    monkeypatch.setitem(registry._MODELS, image_spec.name, image_spec)
+    image_spec = zoo.model_info("flextok-tiny-64px")
     image_model = FlexTok(FlexTokConfig(**{**image_spec.config, **TINY_OVERRIDES["flextok"]}))
     image_model.card_info["spec"] = image_spec
     image_model.eval().save_pretrained(root / image_spec.bundled)

@@ -42,7 +42,6 @@ def test_flextok_vae_tiny_quality():
     assert psnr >= grid_psnr + FLEXTOK_VAE_TINY["psnr_over_grid_thumbnail"], table["rows"]
 
 
-
 # Measured with `python scripts/eval_flextok.py flextok-tiny-64px` (see the model card): 12.82 / 13.75 / 15.34 /
 # 19.35 dB at 1 / 4 / 16 / 64 tokens on the 15 held-out images (25 Euler steps, fixed noise), against 18.74 dB for a
 # bicubic 7 x 7 thumbnail storing 1,176 bits (the 64 tokens store 1,022). Thresholds leave a margin for platform noise.
