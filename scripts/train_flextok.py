@@ -8,8 +8,12 @@
 Stage ``vae`` trains the VAE and writes ``OUT/vae/vae.safetensors`` plus its latent scaling factor (``--vae-export
 DIR`` also writes it in zoo layout with its measured card); stage ``tokenizer`` loads that VAE, or a VAE model given
 by ``--vae-from`` (e.g. the bundled ``flextok-vae-tiny-64px``), freezes it and trains the encoder + FSQ + decoder
-(``OUT/tokenizer``). The model
-config comes from the registry entry `--name`. Measure and write the card with scripts/eval_flextok.py.
+(``OUT/tokenizer``). The model config comes from the registry entry `--name`. Both stages run on the zoo's one
+training loop (zoo.training.train_loop: checkpoints, ``--resume``, schedule, logging). Measure a checkpoint and
+write the card with
+
+    zoo eval --checkpoint runs/flextok/tokenizer/checkpoints/checkpoint_7 --name flextok-tiny-64px \\
+        --export weights/flextok-tiny-64px
 """
 
 from __future__ import annotations
@@ -23,10 +27,9 @@ import torch
 
 import zoo
 from tokenizers_img.flextok import FlexTok, FlexTokConfig, FlexTokVAE, FlexTokVAEConfig
-from tokenizers_img.flextok.evaluate import vae_table
 from tokenizers_img.flextok.train import FlexTokTrainConfig, VAETrainConfig, train_tokenizer, train_vae
 from zoo import checkpoints, data
-from zoo.cards import metrics_text
+from zoo.evaluation import markdown
 
 
 def add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
@@ -43,10 +46,10 @@ def export_vae(state_dict: dict, scaling: float, spec, out: str) -> None:
     checkpoints.load_into(vae.vae, state_dict, source="the trained VAE")
     vae_name = "flextok-vae-" + spec.name.removeprefix("flextok-")  # flextok-tiny-64px -> flextok-vae-tiny-64px
     vae.card_info["spec"] = zoo.model_info(vae_name) if vae_name in zoo.list_models() else None
-    table = vae_table(vae.eval())
+    table = vae.eval().evaluate()  # what `zoo eval` measures
     vae.card_info["metrics"] = table
     vae.save_pretrained(out)
-    print(metrics_text(table))
+    print(markdown(table))
     print(f"VAE exported to {out}")
 
 
@@ -92,7 +95,7 @@ def main() -> None:
             if not isinstance(vae_model, FlexTokVAE) or vae_model.config.vae_scaling_factor is None:
                 parser.error(f"--vae-from {args.vae_from}: expected a FlexTok VAE with a latent scaling factor")
             scaling, vae_state, source = vae_model.config.vae_scaling_factor, vae_model.vae.state_dict(), args.vae_from
-            if state.is_main_process:  # the run folder stays self-contained (scripts/eval_flextok.py --run reads it)
+            if state.is_main_process:  # the run folder stays self-contained (zoo eval --checkpoint reads it)
                 checkpoints.save_state_dict(vae_state, vae_file)
                 with checkpoints.atomic_path(vae_meta) as tmp:
                     tmp.write_text(json.dumps({"vae_scaling_factor": scaling, "vae_from": args.vae_from}))

@@ -5,7 +5,11 @@
     accelerate launch --multi_gpu --num_processes 8 scripts/train_wavtokenizer.py ...                 # 8 GPUs
 
 The model config comes from the registry entry `--name`; `--export DIR` writes the final model in zoo layout.
-To measure it on held-out speech and write the numbers into its card, run scripts/eval_wavtokenizer.py.
+The loop (checkpoints, `--resume`, schedule, logging) is zoo.training.train_loop. To measure a model on held-out
+speech and write the numbers into its card:
+
+    zoo eval --checkpoint runs/wt75/checkpoints/checkpoint_15 --name wavtokenizer-tiny-75tps \\
+        --export weights/wavtokenizer-tiny-75tps
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ def bundled_tiny(tmp_path, monkeypatch):
     image_model.card_info["spec"] = image_spec
     image_model.eval().save_pretrained(root / image_spec.bundled)
     monkeypatch.setenv("TOKZOO_WEIGHTS", str(root))
+    for s in (spec, image_spec):  # the registry records the bundled files' sha256: point it at these
+        digest = zoo.checkpoints.sha256_of(root / s.bundled / "model.safetensors")
+        monkeypatch.setitem(registry._MODELS, s.name, dataclasses.replace(s, sha256=digest))
     return model
 
 
@@ -44,12 +47,17 @@ def test_list(capsys, bundled_tiny):
     code, out, _ = run(capsys, "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["name", "kind", "modality", "codebook", "tokens", "params", "offline"]
+    assert lines[0].split() == ["name", "kind", "modality", "codebook", "tokens", "offline"]
     row = next(line for line in lines if line.startswith("wavtokenizer-tiny-75tps")).split()
     assert row[-1] == "yes" and row[3] == "1024"
     assert next(line for line in lines if line.startswith("wavtokenizer-small-75tps")).split()[-1] == "no"
     code, out, _ = run(capsys, "list", "wavtokenizer*small*")
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["wavtokenizer-small-40tps", "wavtokenizer-small-75tps"]
+    code, out, _ = run(capsys, "list", "wavtokenizer-small-75tps", "--params")
+    assert out.splitlines()[0].split()[-1] == "params"
+    with torch.device("meta"):
+        params = zoo.hub.build(zoo.model_info("wavtokenizer-small-75tps")).num_parameters()
+    assert out.splitlines()[2].split()[-1] == f"{params / 1e6:.1f}M"
 
 
 def test_info_prints_card(capsys, bundled_tiny):
@@ -100,7 +108,11 @@ def test_convert_official_checkpoint(capsys, tmp_path, monkeypatch, parity_dir):
     code, out, err = run(capsys, "convert", spec.name, str(ckpt), str(tmp_path / "converted"))
     assert code == 0, err
     model = zoo.load(f"local-dir:{tmp_path / 'converted'}")
-    assert model.codebook_size == 256
+    # the converted codebook is the fixture's official one (its size read from the weights, not assumed)
+    official = torch.load(ckpt, weights_only=True)["state_dict"]
+    embed = official["feature_extractor.encodec.quantizer.vq.layers.0._codebook.embed"]
+    assert model.codebook_size == embed.shape[0] == config["codebook_size"]
+    assert torch.equal(model.codebook, embed)
 
 
 def test_image_encode_and_coarse_to_fine_grid(capsys, bundled_tiny, tmp_path):
@@ -115,8 +127,8 @@ def test_image_encode_and_coarse_to_fine_grid(capsys, bundled_tiny, tmp_path):
     grid = zio.load_image(tmp_path / "grid.png")
     assert grid.shape == (3, 2 + 16 + 12 + 2, 2 + 4 * (16 + 2))  # one row of 4 tiles with captions
     model = zoo.load(name)
-    codes = zoo.Tokens.load(tmp_path / "t.safetensors").codes
-    first = model.decode(codes, keep_k=1, seed=0)[0]  # the first tile is the 1-token reconstruction
+    tokens = zoo.Tokens.load(tmp_path / "t.safetensors")
+    first = model.decode(dataclasses.replace(tokens, lengths=torch.tensor([1])), seed=0)[0]  # the 1-token tile
     assert (grid[:, 2:18, 2:18] - first).abs().max() <= 1 / 255 + 1e-6
     for bad in ("0,4", "1,9", "a,b"):
         code, _, err = run(capsys, "decode", name, str(tmp_path / "t.safetensors"), "-o", str(tmp_path / "x.png"),
@@ -124,7 +136,7 @@ def test_image_encode_and_coarse_to_fine_grid(capsys, bundled_tiny, tmp_path):
         assert code == 2 and "--tokens" in err
     code, _, err = run(capsys, "decode", "wavtokenizer-tiny-75tps", str(tmp_path / "t.safetensors"), "-o",
                        str(tmp_path / "x.wav"), "--tokens", "1,2")
-    assert code == 2 and "image tokenizers only" in err
+    assert code == 2 and "decodes prefixes" in err
 
 
 def test_demo(capsys, bundled_tiny, tmp_path):
@@ -134,7 +146,7 @@ def test_demo(capsys, bundled_tiny, tmp_path):
     assert [r["model"] for r in rows] == ["flextok-tiny-64px", "wavtokenizer-tiny-75tps"]
     assert {"tokens", "bitrate", "psnr@1", "psnr@8", "ssim@8", "time_s"} <= set(rows[0])
     assert {"tokens", "bitrate", "mel_distance", "time_s"} <= set(rows[1])
-    assert len(list((tmp_path / "demo" / "flextok-tiny-64px").glob("*_coarse_to_fine.png"))) == 3
+    assert len(list((tmp_path / "demo" / "flextok-tiny-64px").glob("*_reconstruction.png"))) == 3
     assert len(list((tmp_path / "demo" / "wavtokenizer-tiny-75tps").glob("*_reconstruction.wav"))) == 4
     assert "| model |" in (tmp_path / "demo" / "summary.md").read_text()
 

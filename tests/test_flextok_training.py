@@ -1,19 +1,23 @@
-"""The FlexTok training recipe runs end to end at a tiny size, saves complete checkpoints and resumes."""
+"""The FlexTok training recipe runs end to end at a tiny size, saves complete checkpoints and resumes bit-exactly."""
 
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tokenizers_img.flextok import FlexTok, FlexTokConfig
-from tokenizers_img.flextok.train import (FlexTokTrainConfig, RectifiedFlowObjective, VAETrainConfig, photo_pyramid,
-                                          random_crops, sample_keep_k, train_tokenizer, train_vae)
+from tokenizers_img.flextok import FlexTok, FlexTokConfig, FlexTokVAE
+from tokenizers_img.flextok.train import (FlexTokTrainConfig, RectifiedFlowObjective, VAETrainConfig,
+                                          model_from_checkpoint, photo_pyramid, random_crops, sample_keep_k,
+                                          train_tokenizer, train_vae)
 import zoo
+from zoo import evaluation as zoo_evaluation
 from zoo.training import COMPLETE
 
 from conftest import TINY_OVERRIDES
+from test_training import Interrupted, assert_same_checkpoint, interrupter
 
 
 def photos():
@@ -32,25 +36,43 @@ def test_crops_and_keep_k():
     assert 1 <= int(sample_keep_k(100, 8, "uniform").min()) and int(sample_keep_k(100, 8, "uniform").max()) <= 8
 
 
-def test_vae_then_tokenizer_train_save_and_resume(tmp_path):
+def test_vae_then_tokenizer_train_and_resume_bit_exact(tmp_path, monkeypatch):
     torch.manual_seed(0)
     config = FlexTokConfig(**TINY_OVERRIDES["flextok"])
     vae_tc = VAETrainConfig(steps=2, batch_size=2, crops=8, crop_size=8, save_every=1)  # 8 px crops of a 16 px model
     vae, scaling = train_vae(config, vae_tc, photos(), str(tmp_path / "vae"))
     assert scaling > 0 and (tmp_path / "vae" / "checkpoints" / "checkpoint_1" / COMPLETE).read_text() == "2"
-    model = FlexTok(FlexTokConfig(**{**TINY_OVERRIDES["flextok"], "vae_scaling_factor": scaling}))
-    model.vae.load_state_dict(vae.state_dict())
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    tc = FlexTokTrainConfig(steps=2, batch_size=2, crops=8, save_every=1)
-    model = train_tokenizer(model, tc, photos(), str(tmp_path / "tok"))
-    after = model.state_dict()
+    # zoo eval --checkpoint on the VAE stage: the VAE, with the scaling factor of RUN/vae/vae.json
+    (tmp_path / "vae" / "vae.json").write_text(json.dumps({"vae_scaling_factor": scaling}))
+    vae_spec = SimpleNamespace(architecture="flextok-vae", config=TINY_OVERRIDES["flextok"])
+    vae_model = model_from_checkpoint(tmp_path / "vae" / "checkpoints" / "checkpoint_1", vae_spec)
+    assert isinstance(vae_model, FlexTokVAE) and vae_model.config.vae_scaling_factor == scaling
+    assert all(torch.equal(v, vae_model.vae.state_dict()[k]) for k, v in vae.state_dict().items())
+
+    def fresh() -> FlexTok:
+        model = FlexTok(FlexTokConfig(**{**TINY_OVERRIDES["flextok"], "vae_scaling_factor": scaling}))
+        model.vae.load_state_dict(vae.state_dict())
+        return model
+
+    before = fresh().state_dict()
+    tc = FlexTokTrainConfig(steps=4, batch_size=2, crops=8, save_every=2, autoencoder_steps=1, keep_all_prob=0.5)
+    whole = train_tokenizer(fresh(), tc, photos(), str(tmp_path / "whole"))
+    after = whole.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vae."))   # the VAE stays frozen
     assert not torch.equal(before["decoder.head.proj.weight"], after["decoder.head.proj.weight"])
-    # resume: two more steps from the step-2 checkpoint
-    resumed = train_tokenizer(FlexTok(model.config), FlexTokTrainConfig(steps=4, batch_size=2, crops=8, save_every=2),
-                              photos(), str(tmp_path / "tok"), resume=True)
-    assert (tmp_path / "tok" / "checkpoints" / "checkpoint_2" / COMPLETE).read_text() == "4"
-    assert torch.isfinite(RectifiedFlowObjective(resumed, 0.1, "pow2")(model.vae_encode(torch.rand(2, 3, 16, 16))))
+    # interrupted after its step-2 checkpoint, then resumed: bit-exactly the uninterrupted run
+    interrupt = interrupter(monkeypatch)
+    interrupt(2)
+    with pytest.raises(Interrupted):
+        train_tokenizer(fresh(), tc, photos(), str(tmp_path / "cut"))
+    interrupt(None)
+    resumed = train_tokenizer(fresh(), tc, photos(), str(tmp_path / "cut"), resume=True)
+    for key, value in after.items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    final = Path("checkpoints") / "checkpoint_1"
+    assert (tmp_path / "cut" / final / COMPLETE).read_text() == "4"
+    assert_same_checkpoint(tmp_path / "whole" / final, tmp_path / "cut" / final)
+    assert torch.isfinite(RectifiedFlowObjective(resumed, 0.1, "pow2")(whole.vae_encode(torch.rand(2, 3, 16, 16))))
 
 
 def test_flow_loss_reaches_the_encoder_through_fsq():
@@ -60,7 +82,8 @@ def test_flow_loss_reaches_the_encoder_through_fsq():
         if "adaLN_modulation" in name or "head" in name:
             torch.nn.init.normal_(p, std=0.05)
     torch.nn.init.normal_(model.encoder.head.proj.weight, std=0.05)
-    loss = RectifiedFlowObjective(model, 0.0, "pow2")(torch.randn(4, TINY_OVERRIDES["flextok"]["vae_latent_channels"], 2, 2))
+    latents = torch.randn(4, TINY_OVERRIDES["flextok"]["vae_latent_channels"], 2, 2)
+    loss = RectifiedFlowObjective(model, 0.0, "pow2")(latents)
     loss.backward()
     assert model.encoder.head.proj.weight.grad.abs().sum() > 0   # straight through the FSQ rounding
     assert all(p.grad is None for p in model.vae.parameters())
@@ -115,6 +138,11 @@ def test_tokenizer_stage_starts_from_the_bundled_vae(tmp_path, monkeypatch):
     tok = zoo.load(f"local-dir:{tmp_path / 'export'}")
     assert tok.config.vae_scaling_factor == vae.config.vae_scaling_factor
     assert all(torch.equal(v, tok.vae.state_dict()[k]) for k, v in vae.vae.state_dict().items())
-    # the run folder records the VAE, as scripts/eval_flextok.py --run expects
+    # the run folder records the VAE, as zoo eval --checkpoint expects
     recorded = json.loads((tmp_path / "run" / "vae" / "vae.json").read_text())
     assert recorded["vae_scaling_factor"] == vae.config.vae_scaling_factor
+    # zoo eval --checkpoint: the tokenizer of the training checkpoint, with the run folder's scaling factor
+    checkpoint = tmp_path / "run" / "tokenizer" / "checkpoints" / "checkpoint_0"
+    again = zoo_evaluation.model_from_checkpoint(checkpoint, "flextok-tiny-64px")
+    assert again.config.vae_scaling_factor == vae.config.vae_scaling_factor
+    assert all(torch.equal(v, tok.state_dict()[k]) for k, v in again.state_dict().items())

@@ -1,6 +1,7 @@
 """Hub loading without a network: a hand-built HF cache under a temporary HF_HUB_CACHE, HF_HUB_OFFLINE=1."""
 
 import hashlib
+import json
 
 import huggingface_hub.constants as hf_constants
 import pytest
@@ -139,3 +140,41 @@ def test_local_dir_with_hostile_config(tmp_path, tiny_model):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(zoo.CheckpointError, match="not valid JSON"):
         zoo.load(f"local-dir:{tmp_path}")
+
+
+def test_official_flextok_entry_loads_and_encodes_with_its_own_config(offline_cache, parity_dir, tmp_path, capsys):
+    """A registered official FlexTok name resolves the checkpoint's own config (safetensors metadata, and the config
+    of the Hub VAE it names) inside `zoo.load` and `zoo convert`: the registry sizes are not what gets built."""
+    import ast
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from zoo import cli
+
+    folder = parity_dir("flextok")
+    source = folder / "official_state_dict.safetensors"
+    with safe_open(str(source), framework="pt") as f:
+        metadata = dict(f.metadata())
+    vae = ast.literal_eval(metadata["vae"])
+    vae["hf_hub_path"] = "EPFL-VILAB/flextok_vae_c16"  # the released layout: the VAE architecture comes from its repo
+    metadata["vae"] = str(vae)
+    state = load_file(source)
+    spec = zoo.model_info("flextok-d12-d12-in1k")
+    offline_cache(spec.hub_file.repo_id, {"model.safetensors": lambda p: save_file(state, str(p), metadata=metadata)})
+    offline_cache("EPFL-VILAB/flextok_vae_c16",
+                  {"config.json": lambda p: p.write_text((folder / "vae_config.json").read_text())})
+    io = load_file(folder / "io.safetensors")
+    model = zoo.load(spec.name)
+    hydra = json.loads((folder / "config.json").read_text())
+    assert model.config.vae_scaling_factor == hydra["vae"]["scaling_factor"]
+    assert model.config.encoder_depth != spec.config["encoder_depth"] or model.config.encoder_dim != spec.config[
+        "encoder_dim"]  # the fixture's sizes, not the registry's
+    tokens = model.encode((io["images"] + 1) / 2, resize="none")  # the fixture's own image size
+    assert torch.equal(tokens.codes, io["tokens"]) and tokens.meta["model"] == spec.name
+    # zoo convert takes the same path from a local official file
+    local = tmp_path / "official.safetensors"
+    save_file(state, str(local), metadata=metadata)
+    assert cli.main(["convert", spec.name, str(local), str(tmp_path / "converted")]) == 0, capsys.readouterr().err
+    converted = zoo.load(f"local-dir:{tmp_path / 'converted'}")
+    assert torch.equal(converted.encode((io["images"] + 1) / 2, resize="none").codes, io["tokens"])

@@ -8,7 +8,7 @@ from tokenizers_audio.wavtokenizer.evaluate import evaluate
 from tokenizers_img.flextok.evaluate import reference_table, vae_table
 from zoo import data
 
-# Measured with `python scripts/eval_wavtokenizer.py wavtokenizer-tiny-75tps` (see the model card): STOI 0.739,
+# Measured with `zoo eval wavtokenizer-tiny-75tps` (see the model card): STOI 0.739,
 # mel distance 1.72, 532 distinct codes on the first 8 held-out clips; the untrained model scores STOI 0.47 and a
 # mel-VQ + Griffin-Lim codec at the same bitrate 0.63. The thresholds leave a margin for platform noise.
 WAVTOKENIZER_TINY_75 = {"stoi": 0.72, "mel_distance": 1.85, "min_codes_used": 400}
@@ -42,7 +42,7 @@ def test_flextok_vae_tiny_quality():
     assert psnr >= grid_psnr + FLEXTOK_VAE_TINY["psnr_over_grid_thumbnail"], table["rows"]
 
 
-# Measured with `python scripts/eval_flextok.py flextok-tiny-64px` (see the model card): 12.82 / 13.75 / 15.34 /
+# Measured with `zoo eval flextok-tiny-64px` (see the model card): 12.82 / 13.75 / 15.34 /
 # 19.35 dB at 1 / 4 / 16 / 64 tokens on the 15 held-out images (25 Euler steps, fixed noise), against 18.74 dB for a
 # bicubic 7 x 7 thumbnail storing 1,176 bits (the 64 tokens store 1,022). Thresholds leave a margin for platform noise.
 FLEXTOK_TINY_PSNR = {1: 12.3, 4: 13.2, 16: 14.8, 64: 19.0}

@@ -66,7 +66,7 @@ def test_compare_table_skips_missing_methods():
         evaluate.compare(routed, images[:4], labels[:4])
 
 
-# Measured by scripts/eval_vit_accel.py on the 297 held-out digits: ToMe r=8 13.59 MMACs, agreement 98.99 %
+# Measured by `zoo eval vit-tiny-digits` on the 297 held-out digits: ToMe r=8 13.59 MMACs, agreement 98.99 %
 # (294 images), top-1 95.96 %; HiRED budget 0.5 at block 1 14.71 MMACs, agreement 92.26 % (274), top-1 91.58 %.
 # The margins asserted (9 and 6 images) are about half of the measured gaps (20 and 13 images).
 MIN_AGREEMENT_GAP = 0.03

@@ -13,6 +13,9 @@ from timm.models.vision_transformer import VisionTransformer
 import vit_accel
 from vit_accel import hired
 
+from conftest import SHARED
+
+FIXTURES = SHARED / "parity" / "vit_accel"
 KWARGS = dict(img_size=64, patch_size=8, in_chans=3, embed_dim=96, depth=6, num_heads=3, mlp_ratio=4.0,
               qkv_bias=True, class_token=True, global_pool="token", num_classes=10)
 
@@ -30,13 +33,34 @@ def fixture(parity_dir):
     return load_fixture(parity_dir("vit_accel"))
 
 
+def fixture_cases(kind):
+    """Indices of the fixture's HiRED cases of `kind` (``next_cases`` / ``llava15_cases``), for parametrize."""
+    if not (FIXTURES / "config.json").is_file():
+        return []
+    return list(range(len(json.loads((FIXTURES / "config.json").read_text())["hired"][kind])))
+
+
+def best_tile_grid(image_hw, pinpoints, tile_size) -> tuple[int, int]:
+    """LLaVA-Next's any-res choice, restated: the pinpoint (h, w) that keeps the most of the image's pixels when it is
+    scaled to fit (ties: the least padding), as (rows, cols) of tiles."""
+    h, w = image_hw
+
+    def key(res):
+        scale = min(res[0] / h, res[1] / w)
+        kept = min(int(h * scale) * int(w * scale), h * w)
+        return kept, -(res[0] * res[1] - kept)
+
+    best = max(pinpoints, key=key)  # max() keeps the first of equal keys, as the official loop does
+    return best[0] // tile_size, best[1] // tile_size
+
+
 def random_vit(**overrides):
     torch.manual_seed(0)
     small = dict(img_size=32, patch_size=4, embed_dim=48, depth=4)
     return VisionTransformer(**{**KWARGS, **small, **overrides}).eval()
 
 
-@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("case", fixture_cases("next_cases"))
 def test_llava_next_parity(fixture, case):
     meta, io, model = fixture
     h = meta["hired"]
@@ -47,21 +71,21 @@ def test_llava_next_parity(fixture, case):
                            bottom_layer=h["bottom_layer"])
     torch.testing.assert_close(sel.cls_attn_top, io[h["tensors"]["cls_attn_top"]], rtol=0, atol=1e-5)
     torch.testing.assert_close(sel.cls_attn_bottom, io[h["tensors"]["cls_attn_bottom"]], rtol=0, atol=1e-5)
-    expected = torch.cat([io[c["masks"]["image0"]], io[c["masks"]["image1"]]])
+    expected = torch.cat([io[c["masks"][f"image{i}"]] for i in range(len(h["tiles"]["num_patches"]))])
     assert torch.equal(sel.mask, expected)
     assert sel.budgets.tolist() == sum(c["tokens_kept_per_tile"], [])
     per_image = sel.budgets.split(list(sel.num_views))
     assert [b[1:].tolist() for b in per_image] == c["sub_img_budgets"]
     assert [f.shape[0] for f in sel.features] == c["tokens_kept"]
-    # features: the bottom (= default feature, penultimate) block's output at the kept positions
-    blocks_out = model.forward_intermediates(io["hired.tiles"], indices=[4], intermediates_only=True,
-                                             output_fmt="NLC")[0]
+    # features: the default feature block's (the penultimate block's) output at the kept positions
+    blocks_out = model.forward_intermediates(io["hired.tiles"], indices=[len(model.blocks) - 2],
+                                             intermediates_only=True, output_fmt="NLC")[0]
     for i, (feats, idx) in enumerate(zip(sel.features, sel.indices)):
         views = blocks_out[sum(sel.num_views[:i]):sum(sel.num_views[:i + 1])]
         torch.testing.assert_close(feats, views[idx[:, 0], idx[:, 1]], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", range(2))
+@pytest.mark.parametrize("case", fixture_cases("llava15_cases"))
 def test_llava15_parity(fixture, case):
     meta, io, model = fixture
     c = meta["hired"]["llava15_cases"][case]
@@ -71,39 +95,65 @@ def test_llava15_parity(fixture, case):
                                rtol=0, atol=1e-5)
     assert torch.equal(sel.mask, io[c["mask"]])
     assert sel.mask.sum(1).tolist() == c["tokens_kept"] and sel.cls_attn_top is None
-    assert [idx[:, 0].max().item() for idx in sel.indices] == [0] * 4
+    assert [idx[:, 0].max().item() for idx in sel.indices] == [0] * io["images"].shape[0]  # one view per image
 
 
 def test_batched_views_and_2d_tiles(fixture):
     meta, io, model = fixture
-    tiles = io["hired.tiles"]
+    h = meta["hired"]
+    tiles, views = io["hired.tiles"], h["tiles"]["num_patches"]
+    c = h["next_cases"][0]
+    rate, alpha, bottom = c["token_budget_rate"], c["alpha"], h["bottom_layer"]
     with torch.no_grad():
-        flat = hired.select(model, tiles[:5], 0.2, num_views=[5], bottom_layer=4)
-        stacked = hired.select(model, tiles[:5][None], 0.2, bottom_layer=4)
-        grid = hired.select(model, tiles, 0.2, num_views=[5, 3], bottom_layer=4, tile_grids=[(2, 2), (1, 2)])
-    assert torch.equal(flat.mask, stacked.mask) and stacked.num_views == (5,)
-    # the README's 2-D tile counts (instead of the official row bands)
-    assert grid.budgets.tolist() == [32, 10, 4, 8, 10, 19, 10, 8]
+        flat = hired.select(model, tiles[:views[0]], rate, alpha=alpha, num_views=views[:1], bottom_layer=bottom)
+        stacked = hired.select(model, tiles[:views[0]][None], rate, alpha=alpha, bottom_layer=bottom)
+    assert torch.equal(flat.mask, stacked.mask) and stacked.num_views == (views[0],)
+    # each image's tile grid: the any-res resolution its size picks, in tiles of the ViT's input size
+    size = h["vision_config"]["image_size"]
+    grids = [best_tile_grid(hw, h["image_grid_pinpoints"], size) for hw in h["tiles"]["image_sizes_hw"]]
+    assert [tr * tc for tr, tc in grids] == [v - 1 for v in views]
+    with torch.no_grad():
+        grid = hired.select(model, tiles, rate, alpha=alpha, num_views=views, bottom_layer=bottom, tile_grids=grids)
+    # 2-D tile counts instead of the official row bands (README, finding 8), from the official early-layer CLS
+    # attention: the global view's top int(N * (1 - alpha)) patches, counted in the 2-D cell of each tile; the tiles
+    # share the budget left after the global view's (the official one) in those proportions, floored
+    rows, cols = model.patch_embed.grid_size
+    n = rows * cols
+    top = io[h["tensors"]["cls_attn_top"]][:, :, -n:].sum(1)
+    expected, start = [], 0
+    for g, (v, (tr, tc)) in enumerate(zip(views, grids)):
+        total = int(v * n * rate)
+        full = min(int(total * alpha), n)
+        assert full == c["tokens_kept_per_tile"][g][0]
+        picked = top[start].topk(int(n * (1 - alpha))).indices
+        cell = (picked // cols) * tr // rows * tc + (picked % cols) * tc // cols
+        counts = torch.bincount(cell, minlength=v - 1)
+        share = counts / counts.sum()
+        expected += [full, *(share * min(total - full, (v - 1) * n)).int().clamp(max=n).tolist()]
+        start += v
+    assert grid.budgets.tolist() == expected, (grids, expected)
 
 
 def test_patch_exact_at_all_tokens_and_reversible(fixture):
     meta, io, model = fixture
     x = io["images"]
+    n = model.patch_embed.num_patches
+    keep, layer = n // 4, max(len(model.blocks) // 2 - 1, 0)  # a quarter of the tokens, after a middle block
     with torch.no_grad():
         ref = model(x)
-        for budget in (1.0, 64):
+        for budget in (1.0, n):
             vit_accel.patch(model, "hired", token_budget=budget)
             assert torch.equal(model(x), ref)
             vit_accel.unpatch(model)
-        vit_accel.patch(model, "hired", token_budget=16, layer=2)
+        vit_accel.patch(model, "hired", token_budget=keep, layer=layer)
         out = model(x)
         vit_accel.unpatch(model)
-        assert torch.equal(model(x), ref) and type(model.blocks[2]) is timm.models.vision_transformer.Block
-        # by hand: HiRED's single-view top-16 by block 2's CLS attention, then the remaining blocks
-        sel = hired.select(model, x, 16, bottom_layer=2, feature_layer=2)
-        h = model.blocks[:3](model.norm_pre(model._pos_embed(model.patch_embed(x))))
-        kept = torch.cat([h[:, :1], h[:, 1:][sel.mask].view(4, 16, -1)], dim=1)
-        manual = model.forward_head(model.norm(model.blocks[3:](kept)))
+        assert torch.equal(model(x), ref) and type(model.blocks[layer]) is timm.models.vision_transformer.Block
+        # by hand: HiRED's single-view top-k by that block's CLS attention, then the remaining blocks
+        sel = hired.select(model, x, keep, bottom_layer=layer, feature_layer=layer)
+        h = model.blocks[:layer + 1](model.norm_pre(model._pos_embed(model.patch_embed(x))))
+        kept = torch.cat([h[:, :1], h[:, 1:][sel.mask].view(x.shape[0], keep, -1)], dim=1)
+        manual = model.forward_head(model.norm(model.blocks[layer + 1:](kept)))
     torch.testing.assert_close(out, manual, rtol=0, atol=1e-6)
 
 

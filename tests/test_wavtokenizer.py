@@ -1,7 +1,5 @@
 """WavTokenizer: official parity, converter, batching invariance, long audio, any input, bad input."""
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,19 +9,11 @@ from tokenizers_audio.wavtokenizer import WavTokenizer, WavTokenizerConfig, chec
 from zoo.checkpoints import CheckpointError, load_into
 
 from conftest import TINY_OVERRIDES, init_codebook_
+from tests_helpers import wavtokenizer_parity_config
 
 
 def parity_model(folder) -> WavTokenizer:
-    cfg = json.loads((folder / "config.json").read_text())
-    fe, bb, hd = (cfg[k]["init_args"] for k in ("feature_extractor", "backbone", "head"))
-    overridden = cfg["feature_extractor"]["hardcoded_values_overridden"]
-    enc = next(v for k, v in overridden.items() if "SEANetEncoder" in k)
-    config = WavTokenizerConfig(
-        downsamples=fe["dowmsamples"], n_filters=enc["n_filters"], dimension=enc["dimension"],
-        codebook_size=fe["vq_bins"], backbone_dim=bb["dim"], intermediate_dim=bb["intermediate_dim"],
-        num_layers=bb["num_layers"], num_bandwidths=bb["adanorm_num_embeddings"], n_fft=hd["n_fft"],
-        hop_length=hd["hop_length"],
-    )
+    config = WavTokenizerConfig(**wavtokenizer_parity_config(folder))  # every size from the fixture
     model = WavTokenizer(config)
     load_into(model, load_file(folder / "official_state_dict.safetensors"), source="official",
               filter_fn=checkpoint_filter_fn)
@@ -52,9 +42,10 @@ def test_official_parity(parity_dir, case):
             assert audio.shape == io[f"{split}.audio"].shape  # T * hop, not trimmed (official rule)
             torch.testing.assert_close(audio, io[f"{split}.audio"], atol=2e-6, rtol=0)
             # the public API gives the same codes and trims the audio to the input length
-            tokens = model.encode(wav, sample_rate=24000)
+            tokens = model.encode(wav[:, None], sample_rate=model.config.sample_rate)  # a (B, C=1, T) batch
             assert torch.equal(tokens.codes[:, 0], codes)
             torch.testing.assert_close(model.decode(tokens), audio[..., : wav.shape[-1]], atol=2e-6, rtol=0)
+        # the official call behind `odd.backbone_out_bw2` used bandwidth_id [2] (README, "Official API calls made")
         hidden2 = model.backbone(model.codes_to_features(model.quantize(model.encode_latent(io["odd.waveform"])[0])),
                                  torch.tensor([2]))
         torch.testing.assert_close(hidden2, io["odd.backbone_out_bw2"], atol=5e-5, rtol=0)
@@ -72,10 +63,11 @@ def test_converter_rejects_and_roundtrips(parity_dir):
     assert "weight_g" not in " ".join(back)
     with pytest.raises(KeyError, match="unrecognised key"):
         checkpoint_filter_fn({**official, "something.else": torch.ones(1)}, model)
-    broken = {k: v for k, v in official.items() if "convnext.1." not in k}
+    last = f"backbone.convnext.{model.config.num_layers - 1}."  # the fixture's last ConvNeXt layer
+    broken = {k: v for k, v in official.items() if not k.startswith(last)}
     with pytest.raises(KeyError, match="lacks"):
         checkpoint_filter_fn(broken, model)
-    wrong = WavTokenizer(WavTokenizerConfig(**{**model.config.__dict__, "codebook_size": 128}))
+    wrong = WavTokenizer(WavTokenizerConfig(**{**model.config.__dict__, "codebook_size": model.codebook_size // 2}))
     with pytest.raises(CheckpointError, match="codebook"):
         load_into(wrong, official, source="official.ckpt", filter_fn=checkpoint_filter_fn)
 
@@ -206,8 +198,10 @@ def test_bad_inputs_raise_clear_errors(tiny):
         tiny.encode(torch.full((2400,), float("nan")), sample_rate=24000)
     with pytest.raises(ValueError, match="float waveform"):
         tiny.encode(torch.zeros(2400, dtype=torch.int16), sample_rate=24000)
-    with pytest.raises(ValueError, match=r"\(T\), \(B, T\) or \(B, C, T\)"):
+    with pytest.raises(ValueError, match=r"expected \(T\), \(C, T\), \(B, C, T\) or a list of clips"):
         tiny.encode(torch.zeros(1, 1, 1, 10), sample_rate=24000)
+    with pytest.raises(ValueError, match=r"got shape \(4800, 2\)\. If it is \(T, C\) \(soundfile's layout\) pass x\.T"):
+        tiny.encode(torch.zeros(4800, 2), sample_rate=24000)  # soundfile's (T, C): refused, not reinterpreted
     with pytest.raises(ValueError, match="empty"):
         tiny.encode(torch.zeros(0), sample_rate=24000)
     with pytest.raises(ValueError, match="empty list"):

@@ -140,10 +140,62 @@ def _routing_rows(routed: AcceleratedViT, settings: Iterable[dict[str, Any]], im
     return rows
 
 
+COLUMNS = ["method", "setting", "MMACs / image", "vs. base", "top-1 %", "agreement %"]
+
+
+def table_rows(rows: list[Result]) -> list[list[str]]:
+    """The rows as printed: MACs per image (and relative to the first row), held-out top-1 and agreement."""
+    full = rows[0].macs
+    return [[r.method, r.setting, f"{r.macs / 1e6:.2f}", f"{r.macs / full:.3f}", f"{100 * r.top1:.2f}",
+             f"{100 * r.agreement:.2f}"] for r in rows]
+
+
 def markdown(rows: list[Result]) -> str:
     """The table: MACs per image (and relative to the first row), held-out top-1 and agreement with the base."""
-    full = rows[0].macs
-    lines = ["| method | setting | MMACs / image | vs. base | top-1 % | agreement % |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.method} | {r.setting} | {r.macs / 1e6:.2f} | {r.macs / full:.3f} | {100 * r.top1:.2f} | "
-              f"{100 * r.agreement:.2f} |" for r in rows]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(rows)]
     return "\n".join(lines)
+
+
+BASE_MODEL, ROUTING_MODEL = "vit-tiny-digits", "vit-tiny-digits-routing"
+
+
+def digits_table(model: AcceleratedViT, levels: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """`AcceleratedViT.evaluate` for the digits ViTs (`zoo eval vit-tiny-digits`): the `compare` table as a card's
+    ``metrics`` block (plus ``results``: the `Result` rows).
+
+    The unpatched digits ViT is the base and the bundled routing model gives the routing rows; evaluating the
+    routing model takes the bundled `vit-tiny-digits` as its base. `levels`: default `LEVELS` (read at call time).
+    """
+    from .trained import DIGITS_VIT
+
+    if model.config.timm_kwargs != DIGITS_VIT["timm_kwargs"]:
+        raise NotImplementedError("AcceleratedViT.evaluate measures the digits ViTs (32 x 32 input, 10 classes; "
+                                  f"vit_accel.trained.DIGITS_VIT); this one has {model.config.timm_kwargs}")
+    import zoo
+
+    notes: list[str] = []
+    if model.config.method is None:
+        base, base_name, routed_name = model, "this model", ROUTING_MODEL
+        try:
+            routed = zoo.load(ROUTING_MODEL)
+        except (KeyError, FileNotFoundError, zoo.WeightsUnavailableError) as err:
+            notes.append(f"no routing model ({err})")
+            routed = None
+    elif model.config.method == "routing":
+        base, base_name, routed, routed_name = zoo.load(BASE_MODEL), BASE_MODEL, model, "this model"
+    else:
+        raise ValueError(f"evaluate the unpatched digits ViT (this one carries {model.config.method!r}): every "
+                         "method is applied to it in turn")
+    images, labels = digits("heldout")
+    rows = compare(base, images, labels, routed=routed, levels=LEVELS if levels is None else levels,
+                   note=notes.append)
+    description = (
+        f"Held-out digits: the last {len(labels)} images of scikit-learn digits (zoo.data.digits). Every vit_accel "
+        f"method at several reduction levels on {base_name} (unpatched: the first row); routing rows: {routed_name}. "
+        "MMACs / image: vit_accel.flops.count_macs (linear layers, convolutions and attention matmuls on the tokens "
+        "each actually gets; routing: the mean over the images); agreement: the share of images whose predicted "
+        "class is the unpatched model's."
+        + (" Skipped: " + "; ".join(notes) + "." if notes else "")
+    )
+    return {"description": description, "columns": list(COLUMNS), "rows": table_rows(rows), "results": rows}

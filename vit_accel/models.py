@@ -41,6 +41,8 @@ class AcceleratedViT(ZooModel):
     """`forward(images)` takes images in [0, 1], (B, C, H, W), and returns the classifier logits (B, num_classes)."""
 
     config_class = AcceleratedViTConfig
+    kind = "accelerator"
+    modality = "image"
 
     def __init__(self, config: AcceleratedViTConfig):
         super().__init__(config)
@@ -53,6 +55,10 @@ class AcceleratedViT(ZooModel):
         self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1), persistent=False)
         if config.method is not None:
             patch(self.vit, config.method, **config.method_kwargs)
+
+    def example_input(self, batch_size: int = 1, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(batch_size, 3, *self.vit.patch_embed.img_size, generator=g), {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = as_image_batch(images)
@@ -74,3 +80,10 @@ class AcceleratedViT(ZooModel):
 
     def card_usage(self) -> str:
         return "logits = model(images)  # images in [0, 1], (B, 3, H, W)"
+
+    def evaluate(self) -> dict[str, Any]:
+        """The digits ViTs: every token-reduction method at several levels on the held-out digits (MACs, top-1,
+        agreement with the unpatched model; `zoo eval`; .evaluate.digits_table)."""
+        from .evaluate import digits_table
+
+        return digits_table(self)

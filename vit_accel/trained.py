@@ -1,6 +1,6 @@
 """The small ViTs trained here on scikit-learn digits (scripts/train_vit_digits.py), bundled under weights/.
 
-Every accuracy measurement of the token-reduction methods (scripts/eval_vit_accel.py) uses `vit-tiny-digits`.
+Every accuracy measurement of the token-reduction methods (`zoo eval vit-tiny-digits`) uses `vit-tiny-digits`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _COMMON = dict(family="vit_accel", kind="accelerator", modality="image", archite
 
 register_model(ModelSpec(
     name="vit-tiny-digits", config=DIGITS_VIT, bundled="vit-tiny-digits",
+    sha256="b47f22809dd2301d2a8cf9be408a40707b0ae1292ef8d4c62287338895e66c90",
     description="A 0.31 M-parameter timm ViT (32x32 input, patch 4, 6 blocks) trained here on 8x8 digits "
                 "upsampled to 32x32: the model every token-reduction accuracy measurement of vit_accel uses.",
     tags=("image-classification", "vit"),
@@ -35,6 +36,7 @@ register_model(ModelSpec(
 register_model(ModelSpec(
     name="vit-tiny-digits-routing", config={**DIGITS_VIT, "method": "routing", "method_kwargs": ROUTING_KWARGS},
     bundled="vit-tiny-digits-routing",
+    sha256="494a230b47453350ca35e3fc73a55ce85fbbef280d13ed660b555a45a7a3735a",
     description="vit-tiny-digits fine-tuned with dynamic token routing (vit_accel.routing, DiT-inspired): a "
                 "learned per-token router in every block sends each patch token through the block or lets it "
                 "exit; trained to a budget of half the (token, block) pairs.",

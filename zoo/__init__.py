@@ -7,7 +7,7 @@
     audio = tok.decode(tokens)
 """
 
-from .api import AudioTokenizer, Generator, Tokenizer, Tokens
+from .api import AudioTokenizer, Generator, ImageTokenizer, Latents, Tokenizer, Tokens, ZooModel
 from .checkpoints import CheckpointError
 from .hub import WeightsUnavailableError, load
 from .registry import (HubFile, ModelSpec, UnknownModelError, list_models, model_info, register_architecture,
@@ -15,7 +15,8 @@ from .registry import (HubFile, ModelSpec, UnknownModelError, list_models, model
 from .version import __version__
 
 __all__ = [
-    "AudioTokenizer", "CheckpointError", "Generator", "HubFile", "ModelSpec", "Tokenizer", "Tokens",
+    "AudioTokenizer", "CheckpointError", "Generator", "HubFile", "ImageTokenizer", "Latents", "ModelSpec",
+    "Tokenizer", "Tokens", "ZooModel",
     "UnknownModelError", "WeightsUnavailableError", "__version__", "list_models", "load", "model_info",
     "register_architecture", "register_model",
 ]

@@ -55,6 +55,11 @@ From a shell: `zoo encode {{ load_name }} INPUT -o tokens.safetensors`, then
 {% if origin_url %}- Original repository: {{ origin_url }}
 {% endif %}{% if paper %}- Paper: {{ paper }}
 {% endif %}{% endif %}
+{% if limitations %}
+## Limitations
+
+{{ limitations }}
+{% endif %}
 {% if notes %}
 ## Notes
 
@@ -130,6 +135,7 @@ def render(spec: ModelSpec | None, *, facts: dict[str, Any], title: str, load_na
         paper=spec.paper if spec is not None else None,
         citation=spec.citation if spec is not None else "",
         notes=spec.notes if spec is not None else "",
+        limitations=spec.limitations if spec is not None else "",
     )
 
 
@@ -145,5 +151,5 @@ def model_card(model, *, metrics: dict[str, Any] | None = None, load_name: str |
         usage=model.card_usage(),
         metrics=metrics if metrics is not None else model.card_info.get("metrics"),
         architecture=model.architecture,
-        tokenizer=hasattr(model, "encode") and hasattr(model, "decode") and hasattr(model, "codebook_size"),
+        tokenizer=model.kind == "tokenizer",
     )

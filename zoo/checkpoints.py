@@ -135,11 +135,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp (or a writer re-creating the file) leaves 0600: exports must be readable
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, hub, io as zio, registry
 from .api import Tokens
+from .evaluation import add_parser as add_eval_parser
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -31,9 +33,11 @@ def cmd_list(args) -> int:
     rows = []
     for name in names:
         spec = registry.model_info(name)
-        rows.append([name, spec.kind, spec.modality, spec.codebook_size or "-", spec.tokens_per_item or "-",
-                     _param_count(spec), "yes" if hub.is_available_offline(spec) else "no"])
-    print(_table(rows, ["name", "kind", "modality", "codebook", "tokens", "params", "offline"]))
+        row = [name, spec.kind, spec.modality, spec.codebook_size or "-", spec.tokens_per_item or "-",
+               "yes" if hub.is_available_offline(spec) else "no"]
+        rows.append(row + ([_param_count(spec)] if args.params else []))
+    header = ["name", "kind", "modality", "codebook", "tokens", "offline"] + (["params"] if args.params else [])
+    print(_table(rows, header))
     return 0
 
 
@@ -48,7 +52,6 @@ def card_text(name: str) -> str:
 
     with torch.device("meta"):
         model = hub.build(spec)
-    model.card_info["spec"] = spec
     return str(cards.model_card(model))
 
 
@@ -57,8 +60,17 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _load(name: str, args):
-    return hub.load(name, device=getattr(args, "device", None))
+def _load(name: str, args, kind: str):
+    """Load `name`, refusing in one line a registered model of another kind before anything is built."""
+    if not name.startswith(("local-dir:", "hf-hub:")):
+        spec = registry.model_info(name)
+        if spec.kind != kind:
+            raise ValueError(f"{name} is {'an' if spec.kind[0] in 'aeiou' else 'a'} {spec.kind}, not a {kind}: "
+                             f"`zoo {args.command}` needs a {kind} (`zoo list --kind {kind}` lists them)")
+    model = hub.load(name, device=getattr(args, "device", None))
+    if model.kind != kind:
+        raise ValueError(f"{name} is {'an' if model.kind[0] in 'aeiou' else 'a'} {model.kind}, not a {kind}")
+    return model
 
 
 def _unique_stems(files) -> None:
@@ -68,24 +80,33 @@ def _unique_stems(files) -> None:
         raise ValueError(f"several inputs share the file name(s) {clashes}: their outputs would overwrite each other")
 
 
+def output_targets(output: str, stems: list[str], suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """Where each output goes. ``-o`` is a file when it has a suffix and is not an existing folder (then there must
+    be exactly one output, with one of `suffixes`), otherwise a folder getting ``<stem><suffixes[0]>`` files."""
+    out = Path(output)
+    if out.suffix and not out.is_dir():
+        if out.suffix.lower() not in suffixes:
+            raise ValueError(f"-o {output}: {what} writes {' / '.join(suffixes)} files; give a name ending in one "
+                             f"of them, or a folder (a name without a suffix)")
+        if len(stems) != 1:
+            raise ValueError(f"-o {output} names one file but there are {len(stems)} outputs: give a folder")
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {output}: exists and is not a folder")
+    return [out / f"{stem}{suffixes[0]}" for stem in stems]
+
+
 def cmd_encode(args) -> int:
-    tok = _load(args.name, args)
-    files = zio.list_files(args.inputs, zio.AUDIO_SUFFIXES if tok.modality == "audio" else zio.IMAGE_SUFFIXES)
+    tok = _load(args.name, args, "tokenizer")
+    files = zio.list_files(args.inputs, tok.input_suffixes)
     if not files:
-        raise ValueError("no input files found")
+        raise ValueError(f"no input files found ({tok.name} reads {' / '.join(tok.input_suffixes)})")
     _unique_stems(files)
-    out = Path(args.output)
-    single = len(files) == 1 and out.suffix == ".safetensors"
-    for path in tqdm(files, desc="encode", disable=len(files) < 2):
-        if tok.modality == "audio":
-            wav, sr = zio.load_audio(path)
-            tokens = tok.encode(wav, sample_rate=sr)
-        else:
-            tokens = tok.encode(zio.load_image(path)[None])
-        tokens.meta["model"] = args.name
-        target = out if single else out / f"{path.stem}.safetensors"
+    targets = output_targets(args.output, [p.stem for p in files], (".safetensors",), "zoo encode")
+    for path, target in tqdm(list(zip(files, targets)), desc="encode", disable=len(files) < 2):
+        tokens = tok.encode_file(path)
         tokens.save(target)
-        print(f"{path} -> {target}: codes {tuple(tokens.codes.shape)}")
+        print(f"{path} -> {target}: codes {tuple(tokens.codes.shape)} ({tokens.layout})")
     return 0
 
 
@@ -100,54 +121,54 @@ def _token_counts(text: str) -> list[int]:
 
 
 def _decode_kwargs(tok, args) -> dict:
+    """--seed / --steps, where the model's decoder takes them."""
     kwargs = {}
-    if getattr(args, "seed", None) is not None:
+    if args.seed is not None:
+        if not tok.stochastic_decode:
+            raise ValueError(f"--seed: {tok.name} decodes deterministically (no noise to seed)")
         kwargs["seed"] = args.seed
-    if getattr(args, "steps", None) is not None:
+    if args.steps is not None:
+        if "steps" not in tok.default_decode_kwargs():
+            raise ValueError(f"--steps: {tok.name}'s decoder has no sampling steps")
         kwargs["steps"] = args.steps
-    if kwargs and tok.modality != "image":
-        raise ValueError("--seed / --steps apply to image decoders only")
     return kwargs
 
 
 def coarse_to_fine_grid(tok, tokens: Tokens, counts: list[int], **decode_kwargs) -> torch.Tensor:
-    """One image's reconstructions from its first k tokens for every k in `counts`, decoded in one batch
-    (``keep_k`` per item) and tiled left to right with the token count under each: ``(3, H', W')``."""
-    codes = tokens.codes[:1]
-    n = codes.shape[1]
+    """One image's reconstructions from its first k tokens for every k in `counts`, decoded in one batch (per-item
+    ``lengths``) and tiled left to right with the token count under each: ``(3, H', W')``."""
+    item = tokens[0]
+    n = item.codes.shape[1]
     bad = [k for k in counts if not 1 <= k <= n]
     if bad:
         raise ValueError(f"--tokens: counts must be in 1..{n} (tokens in the file), got {bad}")
-    images = tok.decode(codes.expand(len(counts), n), keep_k=counts, **decode_kwargs)
+    batch = dataclasses.replace(item, codes=item.codes.expand(len(counts), n), lengths=torch.tensor(counts))
+    images = tok.decode(batch, **decode_kwargs)
     return zio.image_grid(images, ncols=len(counts), labels=[f"{k}" for k in counts])
 
 
 def cmd_decode(args) -> int:
-    tok = _load(args.name, args)
+    tok = _load(args.name, args, "tokenizer")
     files = zio.list_files(args.inputs, (".safetensors",))
     if not files:
         raise ValueError("no token files found")
     _unique_stems(files)
     counts = _token_counts(args.tokens) if args.tokens else None
-    if counts and tok.modality != "image":
-        raise ValueError("--tokens (a coarse-to-fine grid) applies to image tokenizers only")
+    if counts and not (tok.prefix_decodable and tok.modality == "image"):
+        raise ValueError(f"--tokens (a coarse-to-fine grid) needs an image tokenizer that decodes prefixes; "
+                         f"{tok.name} does not")
     decode_kwargs = _decode_kwargs(tok, args)
-    out = Path(args.output)
-    suffix = ".wav" if tok.modality == "audio" else ".png"
-    single = len(files) == 1 and out.suffix == suffix
-    for path in tqdm(files, desc="decode", disable=len(files) < 2):
+    suffixes = (".png",) if counts else tok.output_suffixes
+    targets = output_targets(args.output, [p.stem for p in files], suffixes, "zoo decode")
+    for path, target in tqdm(list(zip(files, targets)), desc="decode", disable=len(files) < 2):
         tokens = Tokens.load(path)
-        made_by = tokens.meta.get("model")
-        if made_by and made_by != args.name:
-            print(f"warning: {path} was encoded by {made_by}, decoding with {args.name}", file=sys.stderr)
-        target = out if single else out / f"{path.stem}{suffix}"
-        if tok.modality == "audio":
-            audio = tok.decode(tokens)
-            zio.save_audio(target, audio[0], int(tokens.meta.get("sample_rate", tok.sample_rate)))
-        elif counts:
+        if len(tokens) != 1:
+            raise ValueError(f"{path}: holds {len(tokens)} items; zoo decode writes one file per token file")
+        tok.check_tokens(tokens)
+        if counts:
             zio.save_image(target, coarse_to_fine_grid(tok, tokens, counts, **decode_kwargs))
         else:
-            zio.save_image(target, tok.decode(tokens, **decode_kwargs)[0])
+            tok.decode_to_file(tokens, target, **decode_kwargs)
         print(f"{path} -> {target}")
     return 0
 
@@ -172,6 +193,8 @@ def cmd_download(args) -> int:
         raise SystemExit(f"{args.name} has no weights to download")
     path = hub.download(spec.hub_file, what=args.name)
     print(f"{spec.hub_file.repo_id}@{spec.hub_file.revision}/{spec.hub_file.filename} -> {path}")
+    if spec.config_from_checkpoint is not None:  # reads the file's own config, fetching what it names (a VAE config)
+        spec.config_from_checkpoint(path)
     return 0
 
 
@@ -179,10 +202,9 @@ def cmd_convert(args) -> int:
     spec = registry.model_info(args.name)
     if spec.filter_fn is None:
         raise SystemExit(f"{args.name} has no official-checkpoint converter")
-    model = hub.build(spec)
-    checkpoints.load_into(model, checkpoints.read_state_dict(args.checkpoint, sha256=args.sha256),
-                          source=str(args.checkpoint), filter_fn=spec.filter_fn)
-    model.card_info["spec"] = spec
+    if args.sha256:
+        checkpoints.read_state_dict(args.checkpoint, sha256=args.sha256)  # checks the bytes before converting
+    model = hub.load_official(spec, args.checkpoint)
     model.eval().save_pretrained(args.output)
     print(f"converted {args.checkpoint} -> {args.output} (load it with zoo.load('local-dir:{args.output}'))")
     return 0
@@ -203,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?")
     p.add_argument("--kind", choices=registry.KINDS)
     p.add_argument("--modality", choices=registry.MODALITIES)
+    p.add_argument("--params", action="store_true", help="also count parameters (builds each model on 'meta')")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="print a model's card")
@@ -222,11 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
         p.add_argument("--device", default=None)
         if name == "decode":
-            p.add_argument("--tokens", help="image tokenizers: comma-separated token counts, e.g. 1,2,4,...,256: "
-                                            "writes one PNG grid of reconstructions from coarse to fine")
-            p.add_argument("--seed", type=int, default=None, help="image decoders: noise seed")
-            p.add_argument("--steps", type=int, default=None, help="image decoders: sampling steps")
+            p.add_argument("--tokens", help="prefix-decodable image tokenizers: comma-separated token counts, e.g. "
+                                            "1,2,4,...,256: writes one PNG grid of reconstructions, coarse to fine")
+            p.add_argument("--seed", type=int, default=None, help="stochastic decoders: noise seed")
+            p.add_argument("--steps", type=int, default=None, help="sampling decoders: number of steps")
         p.set_defaults(func=func)
+
+    add_eval_parser(sub)
 
     p = sub.add_parser("export", help="write a model folder (config.json, model.safetensors, README.md)")
     p.add_argument("name")

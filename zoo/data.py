@@ -6,6 +6,8 @@
 * `photos`: the photographs shipped with scikit-image and the two with scikit-learn (``china``, ``flower``);
   held out by name (`HELD_OUT_PHOTOS`, scikit-image's astronaut, coffee and chelsea).
 * `digits`: scikit-learn's 8x8 handwritten digits (1,797 images); the last 297 are held out.
+* `samples`: a few held-out inputs committed with the package (``zoo/samples/``), for `zoo demo` on a machine
+  without espeak-ng or scikit-image: four held-out speech clips and the three held-out photos (128 px).
 """
 
 from __future__ import annotations
@@ -135,3 +137,18 @@ def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.tensor(d.target)
     cut = 1500
     return (images[:cut], labels[:cut]) if split == "train" else (images[cut:], labels[cut:])
+
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+
+
+def samples(modality: str) -> dict[str, tuple]:
+    """The bundled demo inputs of a modality, by file stem: ``{"speech_0": (wav (C, T), sample_rate), ...}`` for
+    ``"audio"``, ``{"astronaut": (image (3, H, W),), ...}`` for ``"image"``."""
+    suffix = {"audio": ".wav", "image": ".png"}.get(modality)
+    if suffix is None:
+        raise ValueError(f"modality must be 'audio' or 'image', got {modality!r}")
+    files = sorted(SAMPLES_DIR.glob(f"*{suffix}"))
+    if modality == "audio":
+        return {f.stem: zio.load_audio(f) for f in files}
+    return {f.stem: (zio.load_image(f),) for f in files}

@@ -1,7 +1,12 @@
-"""`zoo demo`: every bundled tokenizer on held-out samples; reconstructions plus a summary table."""
+"""`zoo demo`: every bundled tokenizer on the held-out samples committed with the package; outputs plus a summary.
+
+Runs offline on a fresh install (no espeak-ng, no scikit-image): the inputs are `zoo.data.samples`. Each model is
+asked what it can do (modality, prefix decoding, stochastic decoding) rather than which family it is.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -12,58 +17,58 @@ import torch
 from . import data, hub, io as zio, metrics, registry
 
 
-def _audio_demo(name: str, tok, out: Path, num_clips: int = 4) -> dict:
-    heldout = data.speech("heldout")
-    clips = heldout[:: max(1, len(heldout) // num_clips)][:num_clips]  # spread over voices and sentences
+def _audio_demo(tok, folder: Path) -> dict:
+    samples = data.samples("audio")
+    rates = {sr for _, sr in samples.values()}
+    if len(rates) != 1:
+        raise ValueError(f"the audio samples have different rates {sorted(rates)}")
+    rate = rates.pop()
+    clips = [wav for wav, _ in samples.values()]                                  # (C, T) each
     start = time.perf_counter()
-    tokens = tok.encode(clips, sample_rate=data.SPEECH_SAMPLE_RATE)  # one batch of different-length clips
+    tokens = tok.encode(clips, sample_rate=rate)                                   # one batch of different lengths
     recon = tok.decode_list(tokens)
     elapsed = time.perf_counter() - start
-    folder = out / name
-    for i, (clip, rec) in enumerate(zip(clips, recon)):
-        zio.save_audio(folder / f"{i:02d}_original.wav", clip, data.SPEECH_SAMPLE_RATE)
-        zio.save_audio(folder / f"{i:02d}_reconstruction.wav", rec, data.SPEECH_SAMPLE_RATE)
-    scores = [metrics.audio_metrics(r[None], c[None], data.SPEECH_SAMPLE_RATE) for c, r in zip(clips, recon)]
-    seconds = sum(c.shape[-1] for c in clips) / data.SPEECH_SAMPLE_RATE
-    row = {
-        "model": name,
-        "input": f"{len(clips)} held-out speech clips, {seconds:.1f} s",
-        "tokens": int(tokens.lengths.sum()),
-        "bitrate": f"{tok.bitrate:.0f} bit/s",
-        "time_s": round(elapsed, 3),
-        "folder": str(folder),
-    }
+    for name, clip, rec in zip(samples, clips, recon):
+        zio.save_audio(folder / f"{name}_original.wav", clip, rate)
+        zio.save_audio(folder / f"{name}_reconstruction.wav", rec, rate)
+    scores = [metrics.audio_metrics(r[None], c.mean(0)[None], rate) for c, r in zip(clips, recon)]
+    seconds = sum(c.shape[-1] for c in clips) / rate
+    row = {"input": f"{len(clips)} held-out speech clips, {seconds:.1f} s",
+           "tokens": int(tokens.lengths.sum()) * tokens.codes.shape[1],
+           "bitrate": f"{tok.bitrate:.0f} bit/s", "time_s": round(elapsed, 3)}
     for key in scores[0]:
         row[key] = round(sum(s[key] for s in scores) / len(scores), 4)
     return row
 
 
-def _image_demo(name: str, tok, out: Path) -> dict:
-    from .io import resize_center_crop
-
-    size = tok.config.image_size
-    photos = data.photos("heldout")
-    images = torch.cat([resize_center_crop(p[None], size) for p in photos.values()])
-    n = tok.num_tokens
-    ks = sorted({k for k in (1, 4, 16, 64) if k < n} | {n})
+def _image_demo(tok, folder: Path) -> dict:
+    samples = data.samples("image")
     start = time.perf_counter()
-    codes = tok.encode(images).codes                                              # (B, N)
-    b = len(images)
-    keep = torch.tensor(ks).repeat_interleave(b)                                  # every image at every k, one batch
-    recon = tok.decode(codes.repeat(len(ks), 1), keep_k=keep, seed=0).view(len(ks), b, *images.shape[1:])
+    tokens = tok.encode([img for img, in samples.values()])                        # the model's own resize rule
+    size = tuple(tokens.meta.get("image_size") or (tok.input_size, tok.input_size))
+    originals = torch.cat([zio.resize_center_crop(img[None], size[0]) for img, in samples.values()])
+    b, n = len(tokens), tokens.to_sequence().shape[1]
+    # prefix-decodable tokenizers: every image from its first k tokens, all (image, k) pairs in one batch
+    ks = sorted({k for k in (1, 4, 16, 64) if k < n} | {n}) if tok.prefix_decodable else [n]
+    batch = dataclasses.replace(tokens, codes=tokens.codes.repeat(len(ks), *[1] * (tokens.codes.ndim - 1)),
+                                lengths=torch.tensor(ks).repeat_interleave(b) if tok.prefix_decodable else None)
+    recon = tok.decode(batch, seed=0).view(len(ks), b, *originals.shape[1:])
     elapsed = time.perf_counter() - start
-    folder = out / name
-    for i, photo_name in enumerate(photos):
-        tiles = torch.cat([images[i: i + 1], recon[:, i]])
+    for i, name in enumerate(samples):
+        tiles = torch.cat([originals[i: i + 1], recon[:, i]])
         labels = ["original"] + [f"{k} tok" for k in ks]
-        zio.save_image(folder / f"{photo_name}_coarse_to_fine.png", zio.image_grid(tiles, len(tiles), labels=labels))
-    row = {"model": name, "input": f"{b} held-out photos, {size} x {size}", "tokens": f"1..{n} per image",
-           "bitrate": f"{n * math.log2(tok.codebook_size):.0f} bit/image (all tokens)",
-           "time_s": round(elapsed, 3), "folder": str(folder)}
+        zio.save_image(folder / f"{name}_reconstruction.png", zio.image_grid(tiles, len(tiles), labels=labels))
+    bits = n * sum(math.log2(v) for v in tokens.vocab_size_per_depth)  # n positions, each this many bits
+    row = {"input": f"{b} held-out photos, {size[0]} x {size[1]}",
+           "tokens": f"1..{n} per image" if tok.prefix_decodable else f"{n} per image",
+           "bitrate": f"{bits:.0f} bit/image", "time_s": round(elapsed, 3)}
     for k, r in zip(ks, recon):
-        row[f"psnr@{k}"] = round(float(metrics.psnr(r, images).mean()), 2)
-    row[f"ssim@{n}"] = round(float(metrics.ssim(recon[-1], images).mean()), 4)
+        row[f"psnr@{k}"] = round(float(metrics.psnr(r, originals).mean()), 2)
+    row[f"ssim@{n}"] = round(float(metrics.ssim(recon[-1], originals).mean()), 4)
     return row
+
+
+DEMOS = {"audio": _audio_demo, "image": _image_demo}
 
 
 def run_demo(out: Path, names: list[str] | None = None) -> list[dict]:
@@ -74,17 +79,26 @@ def run_demo(out: Path, names: list[str] | None = None) -> list[dict]:
     unknown = sorted(set(names) - set(bundled))
     if unknown:
         raise ValueError(f"not bundled tokenizers: {unknown}; bundled: {bundled}")
-    rows = []
+    rows, limits = [], []
     for name in names:
         tok = hub.load(name)
-        rows.append(_audio_demo(name, tok, out) if tok.modality == "audio" else _image_demo(name, tok, out))
-        print(f"{name}: done ({rows[-1]['time_s']} s)")
+        folder = out / name
+        row = {"model": name, **DEMOS[tok.modality](tok, folder), "folder": str(folder)}
+        rows.append(row)
+        limitations = registry.model_info(name).limitations
+        if limitations:
+            limits.append(f"- {name}: {limitations}")
+            (folder / "LIMITATIONS.txt").write_text(limitations + "\n")
+        print(f"{name}: done ({row['time_s']} s)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     columns = list(dict.fromkeys(k for r in rows for k in r if k != "folder"))  # in order of appearance
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote reconstructions and summary.md / summary.json to {out.resolve()}")
+    text = "\n".join(lines) + "\n"
+    if limits:
+        text += "\nWhat these tiny bundled models can and cannot do:\n\n" + "\n".join(limits) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+    print(f"wrote reconstructions and summary.md / summary.json to {out.resolve()}")
     return rows

@@ -20,6 +20,7 @@ import fnmatch
 import importlib.metadata
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -28,6 +29,7 @@ ENTRY_POINT_GROUP = "tokzoo.models"
 
 KINDS = ("tokenizer", "generator", "accelerator", "autoencoder")
 MODALITIES = ("audio", "image")
+
 
 class UnknownModelError(KeyError):
     """An unknown model name; the message lists the closest registered names."""
@@ -39,6 +41,7 @@ class UnknownModelError(KeyError):
 _ARCHITECTURES: dict[str, type] = {}
 _MODELS: dict[str, "ModelSpec"] = {}
 _families_loaded = False
+FAILED_FAMILIES: dict[str, str] = {}  # entry-point name -> the import error, for families that failed to load
 _lock = threading.RLock()
 
 
@@ -64,8 +67,14 @@ class ModelSpec:
     """Everything the zoo knows about one named model.
 
     Weights come from exactly one of `bundled` (a folder under ``weights/`` in zoo layout: ``config.json``,
-    ``model.safetensors``, ``README.md``) or `hub_file` (an official checkpoint, converted by `filter_fn` at load
-    time), or neither (architecture-only entries, e.g. token-reduction presets built on other weights).
+    ``model.safetensors``, ``README.md``; its `sha256` is checked on every load) or `hub_file` (an official
+    checkpoint, converted by `filter_fn` at load time), or neither (architecture-only entries, e.g. token-reduction
+    presets built on other weights).
+
+    `config_from_checkpoint` (official checkpoints that carry their own config): reads the downloaded file's config
+    through the family's allow-list and returns config fields that override `config` (it may fetch further pinned
+    files through `zoo.hub.download`). `tokenizer` (generators): the registry name of the paired tokenizer or
+    autoencoder that `Generator.sample` decodes through.
     """
 
     name: str
@@ -77,6 +86,9 @@ class ModelSpec:
     bundled: str | None = None
     hub_file: HubFile | None = None
     filter_fn: Callable[[dict, Any], dict] | None = None
+    config_from_checkpoint: Callable[[Any], dict] | None = None
+    sha256: str | None = None
+    tokenizer: str | None = None
     license: str = "unknown"
     paper: str | None = None
     citation: str = ""
@@ -90,6 +102,7 @@ class ModelSpec:
     datasets: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     notes: str = ""
+    limitations: str = ""  # what the model cannot do, said plainly (shown by `zoo demo` and in the card)
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
@@ -100,6 +113,10 @@ class ModelSpec:
             raise ValueError(f"{self.name}: modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.bundled and self.hub_file:
             raise ValueError(f"{self.name}: give either bundled weights or a hub_file, not both")
+        if self.bundled and not self.sha256:
+            raise ValueError(f"{self.name}: bundled weights need the sha256 of their model.safetensors")
+        if self.kind == "generator" and not self.tokenizer:
+            raise ValueError(f"{self.name}: a generator names its paired tokenizer (tokenizer=...)")
         # Freeze the config so a caller cannot mutate the registry through a returned spec.
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
 
@@ -112,7 +129,7 @@ class ModelSpec:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "filter_fn":
+            if f.name in ("filter_fn", "config_from_checkpoint"):
                 value = None if value is None else f"{value.__module__}.{value.__qualname__}"
             elif f.name == "config":
                 value = dict(value)
@@ -160,7 +177,13 @@ def _load_families() -> None:
         if _families_loaded:
             return
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            entry_point.load()
+            try:
+                entry_point.load()
+            except Exception as err:  # noqa: BLE001  (one broken family must not take the zoo down)
+                FAILED_FAMILIES[entry_point.name] = f"{type(err).__name__}: {err}"
+                warnings.warn(f"tokzoo: the model family {entry_point.name!r} ({entry_point.value}) failed to "
+                              f"import and its models are unavailable: {type(err).__name__}: {err}",
+                              RuntimeWarning, stacklevel=2)
         _families_loaded = True
 
 
@@ -215,4 +238,6 @@ def model_info(name: str) -> ModelSpec:
         )
     close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    if FAILED_FAMILIES:
+        hint += f" (families that failed to import: {', '.join(sorted(FAILED_FAMILIES))})"
     raise UnknownModelError(f"unknown model {name!r}.{hint} `zoo list` shows every registered model.")

@@ -112,10 +112,12 @@ TINY_TRAINING_NOTES = (
 # code and step); the official 2 would restart a quarter of the live codes every step here.
 TINY = dict(n_filters=8, dimension=64, lstm_layers=1, codebook_size=1024, backbone_dim=192, intermediate_dim=576,
             num_layers=6, dead_code_threshold=0.1)
+TINY_SHA256 = {75: "117c9bb3de889bb7d937daf166388bfc84c8a531380ae6b0e458e614bfe44140"}  # model.safetensors
 for _rate, _frames in ((75, FRAME75),):
     register_model(ModelSpec(
         name=f"wavtokenizer-tiny-{_rate}tps", family="wavtokenizer", kind="tokenizer", modality="audio",
         architecture="wavtokenizer", config={**FRAME75, **TINY}, bundled=f"wavtokenizer-tiny-{_rate}tps",
+        sha256=TINY_SHA256[_rate],
         license="mit", paper="https://arxiv.org/abs/2408.16532", citation=CITATION,
         origin_url="https://github.com/jishengpeng/WavTokenizer",
         description=f"A tiny WavTokenizer ({_rate} tokens/s, 1024 codes) trained here on espeak-ng speech with the "
@@ -123,4 +125,7 @@ for _rate, _frames in ((75, FRAME75),):
         codebook_size=TINY["codebook_size"], num_codebooks=1, tokens_per_item=f"{_rate} / s", sample_rate=24000,
         datasets=("espeak-ng synthetic speech (tokzoo zoo.data.speech)",), tags=("audio-tokenizer", "vq"),
         notes=TINY_TRAINING_NOTES,
+        limitations="A 3 M-parameter model trained for about an hour on synthetic espeak-ng speech: reconstructions "
+                    "are intelligible but buzzy (held-out STOI 0.74, PESQ 1.1); it has never heard music, noise or "
+                    "natural recordings. Use the official checkpoints for real audio.",
     ))

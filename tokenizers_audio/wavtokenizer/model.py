@@ -3,8 +3,8 @@
 Paper: https://arxiv.org/abs/2408.16532 - official code: https://github.com/jishengpeng/WavTokenizer
 
 What this implementation adds to the official inference code:
-* any input: `(T)`, `(B, T)`, `(B, C, T)` or a list of clips of different lengths, at any sample rate
-  (downmixed and resampled to 24 kHz, and back on decode);
+* any input of the zoo's audio contract: `(T)`, one `(C, T)` clip, a `(B, C, T)` batch or a list of clips of
+  different lengths, at any sample rate (channels averaged, resampled to 24 kHz, and back on decode);
 * true batching: per-item lengths are carried through every layer (see `modules`), so each item's codes equal the
   codes of that clip encoded alone;
 * long audio in linear time and memory: the encoder's conv stack runs in cache-sized tiles with exact halos (codes
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import pad_sequence
-from vector_quantize_pytorch import VectorQuantize
 
 from zoo import io as zio
-from zoo.api import AudioTokenizer, Tokens, as_audio_batch, check_codes
+from zoo.api import AudioTokenizer, Tokens, audio_clips, check_codes
 from zoo.registry import register_architecture
 
 from .modules import ISTFTHead, SEANetEncoder, VocosBackbone, length_mask
@@ -47,6 +46,11 @@ class WavTokenizerConfig:
             (an inference-speed setting: the result does not depend on it beyond float rounding).
         commitment_weight, kmeans_iters, ema_decay, dead_code_threshold: training of the VQ (official settings).
     """
+
+    # settings that do not change what the codes mean (left out of `config_hash`)
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "chunk_seconds", "context_seconds", "encode_tile_seconds", "commitment_weight", "kmeans_iters", "ema_decay",
+        "dead_code_threshold"})
 
     architecture: str = "wavtokenizer"
     sample_rate: int = 24000
@@ -92,7 +96,10 @@ class WavTokenizer(AudioTokenizer):
         c = config
         self.sample_rate, self.hop_length = c.sample_rate, c.hop_length
         self.encoder = SEANetEncoder(list(reversed(c.downsamples)), c.n_filters, c.dimension, c.lstm_layers)
-        # The codebook (EMA, k-means init, dead-code restart, commitment loss) is vector-quantize-pytorch's.
+        # The codebook (EMA, k-means init, dead-code restart, commitment loss) is vector-quantize-pytorch's
+        # (imported when a model is built: it is slow to import and `zoo list` does not need it).
+        from vector_quantize_pytorch import VectorQuantize
+
         self.quantizer = VectorQuantize(
             dim=c.dimension, codebook_size=c.codebook_size, decay=c.ema_decay, eps=1e-5, kmeans_init=True,
             kmeans_iters=c.kmeans_iters, threshold_ema_dead_code=c.dead_code_threshold,
@@ -104,8 +111,8 @@ class WavTokenizer(AudioTokenizer):
 
     # --- facts ---------------------------------------------------------------------------------------------------
     @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
+    def vocab_sizes(self) -> tuple[int, ...]:
+        return (self.config.codebook_size,)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -188,21 +195,7 @@ class WavTokenizer(AudioTokenizer):
         """Any accepted input -> zero-padded mono 24 kHz batch ``(B, T)``, per-item lengths, original lengths."""
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive int (the input's rate in Hz), got {sample_rate!r}")
-        clips = list(audio) if isinstance(audio, (list, tuple)) else None
-        if clips is not None:
-            if not clips:
-                raise ValueError("audio: got an empty list of clips")
-            items = []
-            for i, clip in enumerate(clips):
-                if isinstance(clip, torch.Tensor) and clip.ndim == 2:
-                    clip = clip[None]  # one (C, T) clip
-                clip = as_audio_batch(clip, f"audio[{i}]")
-                if clip.shape[0] != 1:
-                    raise ValueError(f"audio[{i}]: each list item is one clip, (T) or (C, T); got {tuple(clip.shape)}")
-                items.append(clip[0])
-        else:
-            batch = as_audio_batch(audio)
-            items = list(batch)
+        items = audio_clips(audio)  # validated (C, T) clips
         device = self.codebook.device
         original = [item.shape[-1] for item in items]
         mono = [zio.resample(zio.to_mono(item[None].to(device).float()), sample_rate, self.sample_rate)[0]
@@ -213,22 +206,22 @@ class WavTokenizer(AudioTokenizer):
 
     @torch.inference_mode()
     def encode(self, audio, *, sample_rate: int) -> Tokens:
-        """Waveform(s) -> `Tokens` with codes ``(B, 1, F)``, per-item frame `lengths` and the input facts.
+        """Waveform(s) -> `Tokens` (layout "audio") with codes ``(B, 1, F)``, per-item frame `lengths`, and
+        ``meta`` ``sample_rate`` / ``num_samples`` of the input.
 
         Any length is encoded exactly as the official model encodes the whole clip, in time and memory linear in
         the length (see `encode_latent`).
 
         Args:
-            audio: float in [-1, 1]: ``(T)``, ``(B, T)``, ``(B, C, T)`` or a list of ``(T)`` / ``(C, T)`` clips.
+            audio: float in [-1, 1]: ``(T)`` mono, ``(C, T)`` one clip, ``(B, C, T)`` a batch, or a list of
+                ``(T)`` / ``(C, T)`` clips of any lengths.
             sample_rate: the input's sample rate (resampled to 24 kHz; channels are averaged).
         """
         wav, lengths, original = self._prepare(audio, sample_rate)
         latent, _ = self.encode_latent(wav, lengths)
         frames = -(-lengths // self.hop_length)
         codes = self.quantize(latent) * length_mask(frames, latent.shape[-1])[:, 0].long()  # zeros past each end
-        meta = {"sample_rate": sample_rate, "num_samples": original, "model_sample_rate": self.sample_rate,
-                "hop_length": self.hop_length}
-        return Tokens(codes[:, None], frames, meta)
+        return self.make_tokens(codes[:, None], frames, sample_rate=sample_rate, num_samples=original)
 
     def _groups(self, sizes: list[int], seconds: float) -> list[slice]:
         """Consecutive sub-batches whose padded size stays within `seconds` of audio per forward pass."""
@@ -296,12 +289,13 @@ class WavTokenizer(AudioTokenizer):
         return plan
 
     @torch.inference_mode()
-    def decode(self, tokens: Tokens | torch.Tensor, *, sample_rate: int | None = None, bandwidth_id: int = 0,
-               chunked: bool | None = None) -> torch.Tensor:
+    def decode(self, tokens: Tokens | torch.Tensor, *, seed=None, generator=None, sample_rate: int | None = None,
+               bandwidth_id: int = 0, chunked: bool | None = None) -> torch.Tensor:
         """`Tokens` (or codes ``(B, 1, F)`` / ``(B, F)``) -> waveform ``(B, T)``, zero-padded past each item's end.
 
         With `Tokens` from `encode`, the audio comes back at the input's sample rate and length. With raw codes it
         is 24 kHz and ``F * hop`` samples long (or `sample_rate` if given). `decode_list` gives unpadded clips.
+        Decoding is deterministic: `seed` / `generator` are accepted (the contract's signature) and unused.
         """
         codes, frames, out_rate, num_samples = self._unpack(tokens, sample_rate)
         if chunked is None:
@@ -329,7 +323,7 @@ class WavTokenizer(AudioTokenizer):
 
     def _unpack(self, tokens: Tokens | torch.Tensor, sample_rate: int | None):
         if isinstance(tokens, Tokens):
-            codes, frames, meta = tokens.codes, tokens.lengths, tokens.meta
+            codes, frames, meta = self.check_tokens(tokens).codes, tokens.lengths, tokens.meta
         else:
             codes, frames, meta = tokens, None, {}
         if isinstance(codes, torch.Tensor) and codes.ndim == 2:
@@ -390,3 +384,15 @@ class WavTokenizer(AudioTokenizer):
                     audio[b, ws * hop: we * hop] += weight * decoded[i, : (we - ws) * hop]
                     total_weight[b, ws * hop: we * hop] += weight
         return audio / total_weight.clamp_min(1e-6)  # the ramps already sum to 1; this guards the edges
+
+    def codes_to_embeddings(self, tokens: Tokens | torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, 1, F)`` (or `Tokens`) -> codebook vectors ``(B, F, D)`` in time order."""
+        codes = self._unpack(tokens, None)[0]
+        return self.codes_to_features(codes).transpose(1, 2).float()
+
+    def evaluate(self) -> dict:
+        """Held-out speech: this model, the same model untrained and a mel-VQ + Griffin-Lim codec at the same
+        bitrate (`zoo eval`; .evaluate.reference_table)."""
+        from .evaluate import reference_table
+
+        return reference_table(self)

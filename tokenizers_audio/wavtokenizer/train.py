@@ -6,7 +6,8 @@ MRD, three STFTs) discriminator, and the VQ commitment loss (x1000); the codeboo
 batch, EMA-updated, and dead codes (EMA count < 2) are restarted from the batch. AdamW (betas 0.8, 0.9) and a
 cosine schedule with warmup for both optimisers; a random `bandwidth_id` per step trains all AdaLayerNorm rows.
 The discriminator widths are configurable so a tiny model trains on a CPU; ``mel_only_steps`` trains the
-generator on the mel loss alone first (Vocos' ``pretrain_mel_steps``).
+generator on the mel loss alone first (Vocos' ``pretrain_mel_steps``). The loop, checkpoints and resuming are
+`zoo.training.train_loop`'s; this module gives the models, the data and the GAN step.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
-from tqdm.auto import tqdm
 
+from zoo.checkpoints import load_into
 from zoo.metrics import log_mel
-from zoo.training import StepCounter, cosine_factor, resume_latest, save_complete_state
+from zoo.training import (LoopConfig, Parts, TrainStep, checkpoint_model_state, cosine_factor, indexed_batches,
+                          train_loop)
 
 from .model import WavTokenizer, WavTokenizerConfig
 
@@ -117,17 +118,21 @@ def feature_matching(real, fake) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# data and the loop
+# data and the recipe
 
 
 class RandomCrops(torch.utils.data.Dataset):
-    """Random fixed-length crops of a list of clips, with a random peak gain in [-6, -1] dBFS (official recipe)."""
+    """Random fixed-length crops of a list of clips, with a random peak gain in [-6, -1] dBFS (official recipe).
 
-    def __init__(self, clips: list[torch.Tensor], crop: int, items_per_epoch: int, seed: int = 0):
+    Item `i` (any ``i >= 0``) is drawn from an RNG seeded by ``(seed, i)``: the same crop in every run."""
+
+    def __init__(self, clips: list[torch.Tensor], crop: int, items_per_epoch: int | None = None, seed: int = 0):
         self.clips = [c if c.shape[-1] >= crop else F.pad(c, (0, crop - c.shape[-1])) for c in clips]
         self.crop, self.items, self.seed = crop, items_per_epoch, seed
 
     def __len__(self) -> int:
+        if self.items is None:
+            raise TypeError("RandomCrops without items_per_epoch has no length (any index is an item)")
         return self.items
 
     def __getitem__(self, i: int) -> torch.Tensor:
@@ -157,56 +162,38 @@ class TrainConfig:
 
 def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: list[torch.Tensor], output_dir: str,
           resume: bool = False, accelerator: Accelerator | None = None) -> WavTokenizer:
-    """Train a WavTokenizer on 24 kHz `clips`; checkpoints (``save_state``) go to ``output_dir/checkpoints``.
+    """Train a WavTokenizer on 24 kHz `clips` with `zoo.training.train_loop`; checkpoints go to
+    ``output_dir/checkpoints`` (models: generator, discriminators).
 
     Returns the trained model (unwrapped, eval mode). With `resume`, training continues from the newest checkpoint.
     """
     tc = train_config
-    output = Path(output_dir)
-    accelerator = accelerator or Accelerator(
-        project_config=ProjectConfiguration(project_dir=str(output), automatic_checkpoint_naming=True, total_limit=3)
-    )
-    set_seed(tc.seed, device_specific=True)
-    model = WavTokenizer(model_config)
-    disc = Discriminators(tc.disc_channels)
-    opt_g = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.9))
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.8, 0.9))
-    # Learning rates are functions of the global step (restored on resume), not of the schedulers' own counters
-    # (a prepared scheduler steps once per process per call). The discriminator's schedule starts with the GAN phase.
-    counter = StepCounter()
-    gan_steps = max(1, tc.steps - tc.mel_only_steps)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(
-        opt_g, lambda _: cosine_factor(counter.value, tc.warmup_steps, tc.steps))
-    sched_d = torch.optim.lr_scheduler.LambdaLR(
-        opt_d, lambda _: cosine_factor(max(0, counter.value - tc.mel_only_steps), tc.warmup_steps, gan_steps))
-    n = accelerator.num_processes
     crop = int(tc.crop_seconds * model_config.sample_rate)
-    data = RandomCrops(clips, crop, items_per_epoch=tc.steps * tc.batch_size * n, seed=tc.seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=tc.batch_size, shuffle=False, drop_last=True)
-    model, disc, opt_g, opt_d, sched_g, sched_d, loader = accelerator.prepare(
-        model, disc, opt_g, opt_d, sched_g, sched_d, loader)
-    accelerator.register_for_checkpointing(counter)
-    if resume and resume_latest(accelerator, output):
-        loader = accelerator.skip_first_batches(loader, counter.value)
-        sched_g.step()  # learning rates from the restored step, not from the saved optimizer state
-        sched_d.step()
-    step = counter.value
-    progress = tqdm(total=tc.steps, initial=step, disable=not accelerator.is_main_process, desc="train")
-    for wav in loader:
-        if step >= tc.steps:
-            break
+    gan_steps = max(1, tc.steps - tc.mel_only_steps)
+
+    def build(accelerator: Accelerator) -> Parts:
+        model, disc = WavTokenizer(model_config), Discriminators(tc.disc_channels)
+        return Parts(
+            models={"generator": model, "discriminator": disc},
+            optimizers={"generator": torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.9)),
+                        "discriminator": torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.8, 0.9))},
+            # the discriminator's warmup + cosine starts with the GAN phase
+            lr_factors={"discriminator": lambda s: cosine_factor(max(0, s - tc.mel_only_steps), tc.warmup_steps,
+                                                                 gan_steps)},
+        )
+
+    def step(s: TrainStep) -> dict:
+        model, disc = s.models["generator"], s.models["discriminator"]
+        wav = s.batch
         bw = torch.randint(0, model_config.num_bandwidths, (1,), device=wav.device)
-        use_gan = step >= tc.mel_only_steps
+        use_gan = s.index >= tc.mel_only_steps
         audio, _, commit = model(wav, bandwidth_id=int(bw))
         audio = audio[..., : wav.shape[-1]]
         if use_gan:  # discriminator step
             real_p, real_r = disc(wav, bw)
             fake_p, fake_r = disc(audio.detach(), bw)
             loss_d = hinge_d_loss(real_p, fake_p) + tc.mrd_weight * hinge_d_loss(real_r, fake_r)
-            opt_d.zero_grad(set_to_none=True)
-            accelerator.backward(loss_d)
-            accelerator.clip_grad_norm_(disc.parameters(), 1000.0)
-            opt_d.step()
+            s.update("discriminator", loss_d, max_grad_norm=1000.0)
         mel = F.l1_loss(log_mel(audio, model_config.sample_rate), log_mel(wav, model_config.sample_rate))
         loss_g = tc.mel_weight * mel + commit
         if use_gan:
@@ -214,19 +201,20 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
             fake_p, fake_r = disc(audio, bw)
             loss_g = loss_g + hinge_g_loss(fake_p) + tc.mrd_weight * hinge_g_loss(fake_r)
             loss_g = loss_g + feature_matching(real_p, fake_p) + tc.mrd_weight * feature_matching(real_r, fake_r)
-        opt_g.zero_grad(set_to_none=True)
-        accelerator.backward(loss_g)
-        accelerator.clip_grad_norm_(model.parameters(), 1000.0)
-        opt_g.step()
-        step += 1
-        counter.value = step
-        sched_g.step()
-        sched_d.step()
-        progress.update(1)
-        if step % tc.log_every == 0 and accelerator.is_main_process:
-            progress.write(f"step {step}: mel {mel.item():.4f} commit {commit.item():.4f} gen {loss_g.item():.3f}")
-        if step % tc.save_every == 0 or step == tc.steps:
-            save_complete_state(accelerator, step)
-    progress.close()
-    accelerator.wait_for_everyone()
-    return accelerator.unwrap_model(model).eval()
+        s.update("generator", loss_g, max_grad_norm=1000.0)
+        return {"mel": mel, "commit": commit, "gen": loss_g}
+
+    loop = LoopConfig(steps=tc.steps, warmup_steps=tc.warmup_steps, seed=tc.seed, save_every=tc.save_every,
+                      log_every=tc.log_every, keep_checkpoints=3, desc="wavtokenizer")
+    batches = indexed_batches(RandomCrops(clips, crop, seed=tc.seed), tc.batch_size)
+    trained = train_loop(loop, output_dir, build, batches, step, resume=resume, accelerator=accelerator)
+    return trained.models["generator"].eval()
+
+
+def model_from_checkpoint(checkpoint: str | Path, spec, run: str | Path | None = None) -> WavTokenizer:
+    """The generator of a `train` checkpoint folder, with the config of registry entry `spec` (`zoo eval`)."""
+    model = WavTokenizer(WavTokenizerConfig(**spec.config))
+    path = Path(checkpoint) / "model.safetensors"
+    load_into(model, checkpoint_model_state(checkpoint), source=str(path))
+    model.card_info["spec"] = spec
+    return model.eval()

@@ -2,8 +2,8 @@
 
 from zoo.registry import HubFile, ModelSpec, register_model
 
-from .convert import (ALLOWED_TARGETS, OfficialConfigError, checkpoint_filter_fn, config_from_official,
-                      read_official_config, to_official)
+from .convert import (ALLOWED_TARGETS, OfficialConfigError, checkpoint_filter_fn, config_from_checkpoint,
+                      config_from_official, read_official_config, to_official)
 from .model import FlexTok, FlexTokConfig
 from .vae import FlexTokVAE, FlexTokVAEConfig
 from .vae import checkpoint_filter_fn as vae_checkpoint_filter_fn
@@ -28,11 +28,9 @@ _WIDTH = {12: 768, 18: 1152, 28: 1792}
 
 _NOTES = (
     "Read from the main branch: the commit sha of the Hub repo was not available offline when this entry was "
-    "registered; pin it once known. Not verifiable offline either, because the repo's config.json could not be read: "
-    "the VAE scaling factor and the time embedder's max_timestep (both left unset, so encode/decode refuse to run "
-    "with this registry config), and the null-condition type / decoder-head adaLN (set to a learned null condition "
-    "and head adaLN; strict loading reports a mismatch). Build from the checkpoint's own config instead: "
-    "`FlexTok.from_official(path_or_repo_id)` reads it from the safetensors metadata through an allow-list."
+    "registered; pin it once known. The sizes below are the registry's; `zoo.load` and `zoo convert` replace them "
+    "by the checkpoint's own config (read from the safetensors metadata through an allow-list, with the config of "
+    "the Hub VAE it names), which also sets the VAE scaling factor and the time embedder's max_timestep."
 )
 
 _OFFICIAL = dict(
@@ -40,7 +38,7 @@ _OFFICIAL = dict(
     license="apple-amlr", paper="https://arxiv.org/abs/2502.13967", citation=CITATION,
     origin_url="https://github.com/apple/ml-flextok", codebook_size=64000, num_codebooks=1,
     tokens_per_item="1-256 / image", input_size=256, tags=("image-tokenizer", "1d-tokenizer", "fsq", "rectified-flow"),
-    notes=_NOTES,
+    notes=_NOTES, config_from_checkpoint=config_from_checkpoint,
 )
 
 
@@ -85,13 +83,19 @@ TINY_TRAINING_NOTES = (
 
 register_model(ModelSpec(
     name="flextok-tiny-64px", family="flextok", kind="tokenizer", modality="image", architecture="flextok",
-    config=TINY, bundled="flextok-tiny-64px", license="mit", paper="https://arxiv.org/abs/2502.13967",
+    config=TINY, bundled="flextok-tiny-64px",
+    sha256="ab1f54596f9f129e56d21465a5d6a070519165068da3349acc8f9740fceb50c2", license="mit", paper="https://arxiv.org/abs/2502.13967",
     citation=CITATION, origin_url="https://github.com/apple/ml-flextok", codebook_size=64000, num_codebooks=1,
     tokens_per_item="1-64 / image", input_size=64, datasets=("scikit-image photographs (zoo.data.photos)",),
     tags=("image-tokenizer", "1d-tokenizer", "fsq", "rectified-flow", "tiny"),
     description="A tiny FlexTok trained here on crops of the scikit-image / scikit-learn photographs: 1 to 64 "
                 "nested tokens per 64 x 64 image.",
     notes=TINY_TRAINING_NOTES,
+    limitations="A 5 M-parameter model with 64 tokens per 64 x 64 image, trained on crops of about 20 photographs. "
+                "Its reconstructions keep the layout and colours of a photo, not its details (faces, text, "
+                "texture are lost: about 19 dB at 64 tokens); from 1 to 16 tokens they are blurry colour fields, "
+                "below a 2 x 2 thumbnail at 4 and 16 tokens. It shows how FlexTok's nested coarse-to-fine tokens "
+                "behave; it says nothing of what the released 256 px FlexTok models achieve.",
 ))
 
 # The released VAEs on their own (diffusers layout; the tokenizers embed the 16-channel one under ``vae.vae.*``).
@@ -114,7 +118,7 @@ for _channels in (4, 8, 16):
 register_model(ModelSpec(
     name="flextok-vae-tiny-64px", family="flextok", kind="autoencoder", modality="image",
     architecture="flextok-vae", config=dict(TINY_VAE, vae_scaling_factor=0.7136072516441345),
-    bundled="flextok-vae-tiny-64px",
+    bundled="flextok-vae-tiny-64px", sha256="94d143dc35a46998f484e3438b98a35a2389a5eda402d7502249eb2167c8b0d7",
     license="mit", paper="https://arxiv.org/abs/2502.13967", citation=CITATION,
     origin_url="https://github.com/apple/ml-flextok", input_size=64,
     datasets=("scikit-image photographs (zoo.data.photos)",), tags=("image-autoencoder", "vae", "f4", "tiny"),

@@ -18,6 +18,7 @@ argument that changes the computation is checked, and nothing named in the confi
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -656,6 +657,32 @@ def read_official_config(path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+# The released VAE repos' commit shas were not available offline: their config is read from the main branch.
+VAE_REVISION = "main"
+
+
+def hub_vae_config(config_dict: dict) -> dict | None:
+    """The diffusers config of the Hub VAE an official config names in ``vae.hf_hub_path`` (through the zoo's one
+    downloader: pinned revision, HF cache, the same offline message), or None when it names none."""
+    vae = config_dict.get("config", config_dict).get("vae")
+    hub_path = vae.get("hf_hub_path") if isinstance(vae, dict) else None
+    if not hub_path:
+        return None
+    from zoo.hub import download
+    from zoo.registry import HubFile
+
+    path = download(HubFile(str(hub_path), "config.json", VAE_REVISION), what=f"the FlexTok VAE {hub_path}")
+    return json.loads(path.read_text())
+
+
+def config_from_checkpoint(path: str | Path) -> dict:
+    """Registry hook (`ModelSpec.config_from_checkpoint`): the `FlexTokConfig` fields of an official checkpoint,
+    read from its own safetensors metadata through the allow-list, with its Hub VAE's config where it names one
+    (so the VAE scaling factor and the time embedder's max_timestep are the checkpoint's)."""
+    official = read_official_config(path)
+    return dataclasses.asdict(config_from_official(official, vae_config=hub_vae_config(official)))
+
+
 def load_official(cls, source: str | Path, *, vae_config: dict | None = None, **overrides: Any):
     """Build `cls` (FlexTok) from an official checkpoint's own config and strictly load its weights."""
     from zoo.checkpoints import load_into, read_state_dict
@@ -668,11 +695,14 @@ def load_official(cls, source: str | Path, *, vae_config: dict | None = None, **
         cfg_path = source_path / "config.json"
         config_dict = read_official_config(cfg_path if cfg_path.is_file() else weights)
     else:
-        from huggingface_hub import hf_hub_download
+        from zoo.hub import download
+        from zoo.registry import HubFile
 
         repo_id, _, revision = str(source).partition("@")
-        weights = Path(hf_hub_download(repo_id, "model.safetensors", revision=revision or None))
+        weights = download(HubFile(repo_id, "model.safetensors", revision or "main"), what=repo_id)
         config_dict = read_official_config(weights)
+    if vae_config is None:
+        vae_config = hub_vae_config(config_dict)
     config = config_from_official(config_dict, vae_config=vae_config, **overrides)
     model = cls(config)
     load_into(model, read_state_dict(weights), source=str(weights), filter_fn=checkpoint_filter_fn)

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
-from diffusers import AutoencoderKL
 from torch import nn
-from vector_quantize_pytorch import FSQ
 
 from zoo import io as zio
-from zoo.api import Tokenizer, Tokens, check_codes
+from zoo.api import ImageTokenizer, Tokens, check_codes, item_generators, randn_per_item
 from zoo.registry import register_architecture
 
 from .modules import APG, FlexTokDecoder, FlexTokEncoder, classifier_free_guidance
@@ -91,6 +89,10 @@ class FlexTokConfig:
     default_guidance_scale: float = 7.5
     default_apg: bool = True
 
+    # settings that do not change what the codes mean (left out of `config_hash`)
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "image_size", "sample_posterior", "default_steps", "default_guidance_scale", "default_apg"})
+
     def __post_init__(self):
         self.vae_block_out_channels = tuple(int(c) for c in self.vae_block_out_channels)
         self.posemb_grid = tuple(int(g) for g in self.posemb_grid)
@@ -112,7 +114,11 @@ class FlexTokConfig:
         return 2 ** (len(self.vae_block_out_channels) - 1)
 
 
-def build_vae(c: FlexTokConfig) -> AutoencoderKL:
+def build_vae(c: FlexTokConfig):
+    """The diffusers ``AutoencoderKL`` of `c` (diffusers is imported here, when a model is built: it is slow to
+    import and `zoo list` does not need it)."""
+    from diffusers import AutoencoderKL
+
     n = len(c.vae_block_out_channels)
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
@@ -135,11 +141,15 @@ def _as_int_list(value, what: str) -> list[int]:
 
 
 @register_architecture("flextok")
-class FlexTok(Tokenizer):
-    """Images ``(B, 3, H, W)`` in [0, 1] -> codes ``(B, 256)``; any prefix of 1..256 tokens decodes to an image."""
+class FlexTok(ImageTokenizer):
+    """Images ``(B, 3, H, W)`` in [0, 1] -> codes ``(B, 256)``; any prefix of 1..256 tokens decodes to an image.
+
+    Decoding samples noise (rectified flow): ``seed=`` gives every item its own noise (per-item determinism)."""
 
     config_class = FlexTokConfig
-    modality = "image"
+    token_layout = "sequence"
+    prefix_decodable = True
+    stochastic_decode = True
 
     def __init__(self, config: FlexTokConfig):
         super().__init__(config)
@@ -151,6 +161,8 @@ class FlexTok(Tokenizer):
         # vector-quantize-pytorch's FSQ reproduces the official one bit for bit (same bound with eps 1e-3, same
         # straight-through rounding, same index basis; checked against the parity fixture and on random inputs in
         # tests/test_flextok.py). It has no state-dict entries, like the official module.
+        from vector_quantize_pytorch import FSQ  # imported when a model is built (slow to import)
+
         with torch.device("cpu"):  # FSQ computes its implicit codebook at init; it has no parameters (meta-safe)
             self.regularizer = FSQ(list(c.fsq_levels))
         self.decoder = FlexTokDecoder(c.vae_latent_channels, c.patch_size, c.decoder_dim, c.decoder_depth,
@@ -178,8 +190,21 @@ class FlexTok(Tokenizer):
 
     # --- facts ---------------------------------------------------------------------------------------------------
     @property
-    def codebook_size(self) -> int:
-        return math.prod(self.config.fsq_levels)
+    def vocab_sizes(self) -> tuple[int, ...]:
+        return (math.prod(self.config.fsq_levels),)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.image_size
+
+    def default_decode_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        return {"steps": c.default_steps, "guidance_scale": c.default_guidance_scale, "apg": c.default_apg}
+
+    def codes_to_embeddings(self, tokens) -> torch.Tensor:
+        """Codes ``(B, N)`` (or `Tokens`) -> FSQ values ``(B, N, len(fsq_levels))`` in [-1, 1]."""
+        codes = self.check_tokens(tokens).codes if isinstance(tokens, Tokens) else tokens
+        return self.codes_to_quants(check_codes(codes, self.codebook_size, ndim=2).to(self.device))
 
     @property
     def num_tokens(self) -> int:
@@ -261,7 +286,7 @@ class FlexTok(Tokenizer):
         n = self.config.num_registers
         lengths = None
         if isinstance(tokens, Tokens):
-            codes, lengths = tokens.codes, tokens.lengths
+            codes, lengths = self.check_tokens(tokens).codes, tokens.lengths
         elif isinstance(tokens, (list, tuple)):
             if not tokens:
                 raise ValueError("tokens: got an empty list")
@@ -322,30 +347,34 @@ class FlexTok(Tokenizer):
             return out[0].float(), out[1]
         return out.float()
 
-    def _draw_noise(self, b: int, h: int, w: int, generator: torch.Generator | None) -> torch.Tensor:
-        # One (1, C, h, w) draw per image in batch order, exactly as the official pipeline draws it.
-        c = self.config.vae_latent_channels
-        return torch.cat([torch.randn((1, c, h, w), generator=generator, device=self.device) for _ in range(b)])
-
     def sample_latents(self, tokens, keep_k=None, *, latent_size: int | tuple[int, int] | None = None,
                        noise: torch.Tensor | None = None, steps: int = 25,
                        guidance_scale: float | Callable[[float], float] = 1.0, apg: bool = False,
-                       generator: torch.Generator | None = None, return_trajectory: bool = False):
+                       seed: int | Sequence[int] | None = None,
+                       generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                       return_trajectory: bool = False):
         """Rectified-flow sampling (official ``MinRFPipeline``): Euler steps ``t_i = i / steps`` for i = steps..1,
         ``x <- x - (1 / steps) * v``; with guidance != 1 the null-condition pass runs in the same batch (its noised
         patches embedded once for both halves), combined by plain CFG or APG. The register tokens, the patch position
         table and the time embeddings of all steps are computed before the loop; the result is bit-identical to one
-        full decoder call per step. Returns the final latents (and the per-step t, x, v_cond, v_uncond on request)."""
+        full decoder call per step. Returns the final latents (and the per-step t, x, v_cond, v_uncond on request).
+
+        Noise: `noise` if given, else one ``(C, h, w)`` draw per item from its own generator (`seed`: an int or one
+        per item, see `zoo.api.item_generators`); a single `generator` is drawn from in batch order, exactly as the
+        official pipeline draws it."""
         codes, keep = self.prepare_codes(tokens, keep_k)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         b = codes.shape[0]
+        if noise is not None and (seed is not None or generator is not None):
+            raise ValueError("give noise, or seed / generator to draw it, not both")
         if noise is None:
             if latent_size is None:
                 latent_size = self.config.image_size // self.config.vae_downsample
             h, w = (latent_size, latent_size) if isinstance(latent_size, int) else latent_size
             self._check_size((h * self.config.vae_downsample, w * self.config.vae_downsample))
-            noise = self._draw_noise(b, h, w, generator)
+            generators = item_generators(b, seed=seed, generator=generator, device=self.device)
+            noise = randn_per_item((self.config.vae_latent_channels, h, w), generators, device=self.device)
         x = noise.to(self.device, torch.float32)
         if x.shape[0] != b:
             raise ValueError(f"noise: expected {b} items, got {tuple(x.shape)}")
@@ -408,13 +437,13 @@ class FlexTok(Tokenizer):
         h, w = self._check_size(images.shape[-2:])
         latents = self.vae_encode(images.to(self.device).float() * 2 - 1, generator)
         codes = self.encode_latents(latents)["tokens"]
-        return Tokens(codes, None, {"model": self.architecture, "image_size": [h, w]})
+        return self.make_tokens(codes, image_size=[h, w])
 
     @torch.inference_mode()
-    def decode(self, tokens, keep_k=None, *, steps: int | None = None,
-               guidance_scale: float | Callable[[float], float] | None = None, apg: bool | None = None,
-               generator: torch.Generator | None = None, seed: int | None = None,
-               image_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, tokens, *, seed: int | Sequence[int] | None = None,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None, keep_k=None,
+               steps: int | None = None, guidance_scale: float | Callable[[float], float] | None = None,
+               apg: bool | None = None, image_size: int | tuple[int, int] | None = None) -> torch.Tensor:
         """Tokens -> images ``(B, 3, H, W)`` in [0, 1].
 
         Args:
@@ -424,7 +453,10 @@ class FlexTok(Tokenizer):
             steps: Euler steps (default ``config.default_steps``, 25).
             guidance_scale: CFG scale, or a function of t (default ``config.default_guidance_scale``); 1 = no CFG.
             apg: adaptive projected guidance instead of plain CFG (default ``config.default_apg``).
-            generator / seed: the noise source (one ``(1, C, h, w)`` draw per item); default: torch's global RNG.
+            seed: an int (every item draws its noise from a generator seeded with it, so the same tokens and seed
+                give the same image wherever they sit in a batch), or one int per item.
+            generator: one ``torch.Generator`` per item, or one shared in batch order (the official behaviour).
+                Neither: torch's global RNG.
             image_size: output size (default: the size the tokens were made from, else ``config.image_size``).
         """
         c = self.config
@@ -433,15 +465,11 @@ class FlexTok(Tokenizer):
             image_size = tuple(meta_size) if meta_size else c.image_size
         hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         h, w = self._check_size(hw)
-        if seed is not None:
-            if generator is not None:
-                raise ValueError("give either generator or seed, not both")
-            generator = torch.Generator(self.device).manual_seed(int(seed))
         latents = self.sample_latents(
             tokens, keep_k, latent_size=(h // c.vae_downsample, w // c.vae_downsample),
             steps=c.default_steps if steps is None else steps,
             guidance_scale=c.default_guidance_scale if guidance_scale is None else guidance_scale,
-            apg=c.default_apg if apg is None else apg, generator=generator,
+            apg=c.default_apg if apg is None else apg, seed=seed, generator=generator,
         )
         return ((self.vae_decode(latents).float() + 1) / 2).clamp(0, 1)
 
@@ -477,3 +505,10 @@ class FlexTok(Tokenizer):
             f"tokens = tok.encode(img)                       # tokens.codes: (B, {n}) int64, coarse to fine\n"
             f"recon = tok.decode(tokens.codes[:, :{max(1, n // 8)}], seed=0)  # any prefix decodes"
         )
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out photos: PSNR / SSIM at k = 1, 4, 16, ... tokens against bicubic thumbnails of about the same
+        bits (`zoo eval`; .evaluate.reference_table)."""
+        from .evaluate import reference_table
+
+        return reference_table(self)

@@ -27,6 +27,8 @@ No official training loop is released (ml-flextok issue #2); this follows the pa
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -35,12 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 
-from zoo.training import StepCounter, cosine_factor, resume_latest, save_complete_state
+from zoo.checkpoints import load_into
+from zoo.training import LoopConfig, Parts, TrainStep, checkpoint_model_state, indexed_batches, train_loop
 
 from .model import FlexTok, FlexTokConfig, build_vae
+from .vae import FlexTokVAE, FlexTokVAEConfig
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -98,52 +100,32 @@ class VAETrainConfig:
     log_every: int = 100
 
 
-def _loop_accelerator(output_dir: str | Path, accelerator: Accelerator | None) -> Accelerator:
-    return accelerator or Accelerator(project_config=ProjectConfiguration(
-        project_dir=str(output_dir), automatic_checkpoint_naming=True, total_limit=2))
-
-
 def train_vae(model_config: FlexTokConfig, tc: VAETrainConfig, photos: dict[str, torch.Tensor], output_dir: str,
               resume: bool = False, accelerator: Accelerator | None = None):
-    """Train the FlexTok VAE of `model_config` on photo crops; returns (vae, scaling_factor)."""
-    accelerator = _loop_accelerator(output_dir, accelerator)
-    set_seed(tc.seed, device_specific=True)
-    vae = build_vae(model_config)
-    autoencoder = _Autoencode(vae)
+    """Train the FlexTok VAE of `model_config` on photo crops with `zoo.training.train_loop`; returns
+    (vae, scaling_factor). Checkpoints: ``output_dir/checkpoints`` (model: the `_Autoencode` wrapper, ``vae.*``)."""
     size = tc.crop_size or model_config.image_size
     crops = random_crops(photo_pyramid(photos, size), size, tc.crops, tc.seed)
-    loader = torch.utils.data.DataLoader(_Repeat(crops, tc.steps * tc.batch_size * accelerator.num_processes),
-                                         batch_size=tc.batch_size, shuffle=False, drop_last=True)
-    opt = torch.optim.AdamW(autoencoder.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    counter = StepCounter()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: cosine_factor(counter.value, tc.warmup_steps, tc.steps))
-    autoencoder, opt, sched, loader = accelerator.prepare(autoencoder, opt, sched, loader)
-    accelerator.register_for_checkpointing(counter)
-    if resume and resume_latest(accelerator, output_dir):
-        loader = accelerator.skip_first_batches(loader, counter.value)
-        sched.step()
-    progress = tqdm(total=tc.steps, initial=counter.value, disable=not accelerator.is_main_process, desc="vae")
-    for images in loader:
-        if counter.value >= tc.steps:
-            break
+
+    def build(accelerator: Accelerator) -> Parts:
+        autoencoder = _Autoencode(build_vae(model_config))
+        opt = torch.optim.AdamW(autoencoder.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        return Parts(models={"autoencoder": autoencoder}, optimizers={"autoencoder": opt})
+
+    def step(s: TrainStep) -> dict:
+        images = s.batch
         x = images * 2 - 1
-        recon, kl = autoencoder(x)
+        recon, kl = s.models["autoencoder"](x)
         rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        loss = rec + tc.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(autoencoder.parameters(), 1.0)
-        opt.step()
-        counter.value += 1
-        sched.step()
-        progress.update(1)
-        if counter.value % tc.log_every == 0 and accelerator.is_main_process:
-            psnr = -10 * math.log10(F.mse_loss((recon + 1) / 2, images).item() + 1e-12)
-            progress.write(f"vae step {counter.value}: rec {rec.item():.4f} psnr {psnr:.2f}")
-        if counter.value % tc.save_every == 0 or counter.value == tc.steps:
-            save_complete_state(accelerator, counter.value)
-    progress.close()
-    vae = accelerator.unwrap_model(autoencoder).vae.eval()
+        s.update("autoencoder", rec + tc.kl_weight * kl, max_grad_norm=1.0)
+        psnr = -10 * torch.log10(F.mse_loss((recon.detach() + 1) / 2, images) + 1e-12)
+        return {"rec": rec, "psnr": psnr}
+
+    loop = LoopConfig(steps=tc.steps, warmup_steps=tc.warmup_steps, seed=tc.seed, save_every=tc.save_every,
+                      log_every=tc.log_every, desc="vae")
+    trained = train_loop(loop, output_dir, build, indexed_batches(_Repeat(crops), tc.batch_size), step,
+                         resume=resume, accelerator=accelerator)
+    vae = trained.models["autoencoder"].vae.eval()
     return vae, latent_scaling_factor(vae, crops[:2048])
 
 
@@ -168,14 +150,14 @@ def latent_scaling_factor(vae, images: torch.Tensor, batch_size: int = 128) -> f
 
 
 class _Repeat(torch.utils.data.Dataset):
-    """`length` items drawn cyclically from `items` after one fixed shuffle (so resuming sees the same order)."""
+    """Item `i` (any ``i >= 0``) of `items` read cyclically after one fixed shuffle: the same order in every run."""
 
-    def __init__(self, items: torch.Tensor, length: int, seed: int = 0):
-        self.items, self.length = items, length
+    def __init__(self, items: torch.Tensor, seed: int = 0):
+        self.items = items
         self.order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.items[self.order[i % len(self.items)]]
@@ -254,46 +236,68 @@ def encode_bank(model: FlexTok, images: torch.Tensor, batch_size: int = 128) -> 
 
 
 def train_tokenizer(model: FlexTok, tc: FlexTokTrainConfig, photos: dict[str, torch.Tensor], output_dir: str,
-                    resume: bool = False, accelerator: Accelerator | None = None) -> FlexTok:
-    """Train `model`'s encoder and decoder on its frozen VAE's latents of photo crops; returns it in eval mode."""
-    accelerator = _loop_accelerator(output_dir, accelerator)
-    set_seed(tc.seed, device_specific=True)
+                    resume: bool = False, accelerator: Accelerator | None = None,
+                    init_weights: bool = True) -> FlexTok:
+    """Train `model`'s encoder and decoder on its frozen VAE's latents of photo crops with
+    `zoo.training.train_loop`; returns it in eval mode. Checkpoints: ``output_dir/checkpoints`` (model: the
+    `RectifiedFlowObjective`, the tokenizer under ``model.*``).
+
+    With `init_weights` the encoder and decoder are (re)initialised under the run's seed (`FlexTok.init_weights`,
+    every one of their parameters), so that a run is reproducible whatever the global RNG was when `model` was
+    built; False keeps the given weights (fine-tuning). The VAE is kept either way."""
     model.vae.requires_grad_(False).eval()
     size = model.config.image_size
-    crops = random_crops(photo_pyramid(photos, size), size, tc.crops, tc.seed + 1)
-    bank = encode_bank(model, crops)
-    objective = RectifiedFlowObjective(model, tc.cond_dropout, tc.keep_k_mode, tc.logit_mean, tc.keep_all_prob)
-    trainable = [p for p in objective.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
-    counter = StepCounter()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: cosine_factor(counter.value, tc.warmup_steps, tc.steps))
-    loader = torch.utils.data.DataLoader(_Repeat(bank, tc.steps * tc.batch_size * accelerator.num_processes, tc.seed),
-                                         batch_size=tc.batch_size, shuffle=False, drop_last=True)
-    objective, opt, sched, loader = accelerator.prepare(objective, opt, sched, loader)
-    accelerator.register_for_checkpointing(counter)
-    if resume and resume_latest(accelerator, output_dir):
-        loader = accelerator.skip_first_batches(loader, counter.value)
-        sched.step()
-    progress = tqdm(total=tc.steps, initial=counter.value, disable=not accelerator.is_main_process, desc="flextok")
-    running = 0.0
-    objective.train()
-    for latents in loader:
-        if counter.value >= tc.steps:
-            break
-        accelerator.unwrap_model(objective).pure_noise = counter.value < tc.autoencoder_steps
-        loss = objective(latents)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        counter.value += 1
-        sched.step()
-        progress.update(1)
-        running += loss.item()
-        if counter.value % tc.log_every == 0 and accelerator.is_main_process:
-            progress.write(f"flextok step {counter.value}: flow loss {running / tc.log_every:.4f}")
-            running = 0.0
-        if counter.value % tc.save_every == 0 or counter.value == tc.steps:
-            save_complete_state(accelerator, counter.value)
-    progress.close()
-    return accelerator.unwrap_model(objective).model.eval()
+    bank = encode_bank(model, random_crops(photo_pyramid(photos, size), size, tc.crops, tc.seed + 1))
+
+    def build(accelerator: Accelerator) -> Parts:
+        if init_weights:
+            model.init_weights()
+        objective = RectifiedFlowObjective(model, tc.cond_dropout, tc.keep_k_mode, tc.logit_mean, tc.keep_all_prob)
+        trainable = [p for p in objective.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+        return Parts(models={"objective": objective}, optimizers={"tokenizer": opt})
+
+    def step(s: TrainStep) -> dict:
+        objective = s.models["objective"]
+        s.accelerator.unwrap_model(objective).pure_noise = s.index < tc.autoencoder_steps
+        loss = objective(s.batch)
+        s.update("tokenizer", loss, max_grad_norm=1.0)
+        return {"flow loss": loss}
+
+    loop = LoopConfig(steps=tc.steps, warmup_steps=tc.warmup_steps, seed=tc.seed, save_every=tc.save_every,
+                      log_every=tc.log_every, desc="flextok")
+    trained = train_loop(loop, output_dir, build, indexed_batches(_Repeat(bank, tc.seed), tc.batch_size), step,
+                         resume=resume, accelerator=accelerator)
+    return trained.models["objective"].model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# training checkpoints -> models (``zoo eval --checkpoint``)
+
+
+def _run_scaling(run: Path) -> float:
+    meta = run / "vae" / "vae.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta} is missing: the run folder (--run) must hold the VAE stage's vae/vae.json "
+                                "(written when the VAE stage ends, or by --vae-from)")
+    return json.loads(meta.read_text())["vae_scaling_factor"]
+
+
+def model_from_checkpoint(checkpoint: str | Path, spec, run: str | Path | None = None):
+    """A checkpoint folder of `train_tokenizer` (a `FlexTok`) or `train_vae` (a `FlexTokVAE`, when `spec` is a VAE
+    entry) of scripts/train_flextok.py, with the config of registry entry `spec` and the latent scaling factor of
+    the run folder's ``vae/vae.json``. `run` defaults to the folder above ``tokenizer/`` (or ``vae/``):
+    ``RUN/tokenizer/checkpoints/checkpoint_<i>``."""
+    checkpoint = Path(checkpoint)
+    run = Path(run) if run is not None else checkpoint.resolve().parents[2]
+    source = str(checkpoint / "model.safetensors")
+    if spec.architecture == "flextok-vae":
+        fields = {f.name for f in dataclasses.fields(FlexTokVAEConfig)} - {"architecture", "vae_scaling_factor"}
+        model = FlexTokVAE(FlexTokVAEConfig(**{k: v for k, v in spec.config.items() if k in fields},
+                                            vae_scaling_factor=_run_scaling(run)))
+        load_into(model.vae, checkpoint_model_state(checkpoint, prefix="vae."), source=source)
+    else:
+        model = FlexTok(FlexTokConfig(**{**spec.config, "vae_scaling_factor": _run_scaling(run)}))
+        load_into(model, checkpoint_model_state(checkpoint, prefix="model."), source=source)
+    model.card_info["spec"] = spec
+    return model.eval()

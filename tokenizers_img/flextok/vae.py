@@ -42,6 +42,7 @@ class FlexTokVAE(ZooModel):
     downsampling factor (8 for the released VAEs)."""
 
     config_class = FlexTokVAEConfig
+    kind = "autoencoder"
     modality = "image"
 
     def __init__(self, config: FlexTokVAEConfig):
@@ -50,6 +51,10 @@ class FlexTokVAE(ZooModel):
         vae_config = FlexTokConfig(**fields, patch_size=1)
         self.downsample = vae_config.vae_downsample
         self.vae = build_vae(vae_config)
+
+    def example_input(self, batch_size: int = 1, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(batch_size, 3, self.config.image_size, self.config.image_size, generator=g), {}
 
     @torch.inference_mode()
     def encode(self, x, *, resize: str = "center_crop", sample: bool = False,
@@ -81,6 +86,13 @@ class FlexTokVAE(ZooModel):
     def card_usage(self) -> str:
         return (f"latents = model.encode(img)   # (B, C, H/{self.downsample}, W/{self.downsample}), unscaled posterior "
                 "mode\nimg = model.decode(latents)")
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out photos: PSNR / SSIM of the reconstructions against bicubic thumbnails (`zoo eval`;
+        .evaluate.vae_table)."""
+        from .evaluate import vae_table
+
+        return vae_table(self)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: FlexTokVAE) -> dict[str, torch.Tensor]:
