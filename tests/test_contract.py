@@ -384,3 +384,41 @@ def test_zoo_list_does_not_import_heavy_packages():
             "print(sorted(m for m in ('diffusers', 'transformers', 'vector_quantize_pytorch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.fixture
+def bundled_unigram(unigram, tmp_path, monkeypatch):
+    """The unigram generator as a bundled model (weights/ in a temporary root beside the real bundled tokenizer)."""
+    root = tmp_path / "weights"
+    unigram.save_pretrained(root / "test-unigram")
+    (root / "flextok-tiny-64px").symlink_to(hub.bundled_dir(zoo.model_info("flextok-tiny-64px")))
+    digest = zoo.checkpoints.sha256_of(root / "test-unigram" / "model.safetensors")
+    spec = dataclasses.replace(zoo.model_info("test-unigram"), bundled="test-unigram", sha256=digest)
+    monkeypatch.setitem(registry._MODELS, "test-unigram", spec)
+    monkeypatch.setenv("TOKZOO_WEIGHTS", str(root))
+    return hub.load("test-unigram")
+
+
+def test_zoo_generate_writes_a_labelled_grid(bundled_unigram, tmp_path, capsys):
+    code = cli.main(["generate", "test-unigram", "--class", "0", "2", "-n", "2", "--seed", "3", "--steps", "2",
+                     "-o", str(tmp_path / "grid.png")])
+    assert code == 0, capsys.readouterr().err
+    grid = zio.load_image(tmp_path / "grid.png")
+    assert grid.shape == (3, 2 + 64 + 12 + 2, 2 + 4 * (64 + 2))  # one row of 4 captioned tiles
+    expected = bundled_unigram.sample([0, 2], num_samples=2, seed=3, steps=2)
+    first = grid[:, 2: 66, 2: 66]
+    assert (first - expected[0]).abs().max() <= 1 / 255 + 1e-6  # the first tile is class 0, seed 3
+    code = cli.main(["generate", "test-unigram", "--class", "5", "-o", str(tmp_path / "x.png")])
+    assert code == 2 and "class ids must be in 0..2" in capsys.readouterr().err
+    code = cli.main(["generate", "flextok-tiny-64px", "-o", str(tmp_path / "x.png")])
+    assert code == 2 and "is a tokenizer, not a generator" in capsys.readouterr().err
+
+
+def test_demo_shows_bundled_generators(bundled_unigram, tmp_path):
+    from zoo.demo import run_demo
+
+    rows = run_demo(tmp_path / "demo", names=["test-unigram"])
+    assert rows[0]["model"] == "test-unigram" and rows[0]["samples/s"] > 0
+    grid = zio.load_image(tmp_path / "demo" / "test-unigram" / "grid.png")
+    assert grid.shape[-1] == 2 + 6 * (64 + 2)  # 2 samples x 3 classes in one row
+    assert len(list((tmp_path / "demo" / "test-unigram").glob("sample_*.png"))) == 6

@@ -54,7 +54,8 @@ def test_readme_demo_runs_without_espeak_or_test_extras(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / argv[argv.index("-o") + 1]
     rows = {row["model"]: row for row in json.loads((out / "summary.json").read_text())}
-    bundled = [n for n in registry.list_models(kind="tokenizer") if registry.model_info(n).bundled]
+    bundled = [n for kind in ("tokenizer", "generator") for n in registry.list_models(kind=kind)
+               if registry.model_info(n).bundled]
     assert sorted(rows) == sorted(bundled)
     summary = (out / "summary.md").read_text()
     for name in bundled:
@@ -64,7 +65,8 @@ def test_readme_demo_runs_without_espeak_or_test_extras(tmp_path):
 
     # what was written is what was measured: re-score the files the demo wrote
     audio = data.samples("audio")
-    wav_rows = [rows[n] for n in bundled if registry.model_info(n).modality == "audio"]
+    wav_rows = [rows[n] for n in bundled if registry.model_info(n).modality == "audio"
+                and registry.model_info(n).kind == "tokenizer"]
     for row in wav_rows:
         assert "stoi" not in row and "pesq" not in row  # pystoi / pesq were not importable: skipped, not crashed
         distances = []
@@ -75,7 +77,7 @@ def test_readme_demo_runs_without_espeak_or_test_extras(tmp_path):
         # (SI-SDR: the log-mel distance is dominated by how 16-bit rounding zeroes near-silent frames)
         assert abs(sum(distances) / len(distances) - row["si_sdr"]) < 0.1
     for name in bundled:
-        if registry.model_info(name).modality != "image":
+        if registry.model_info(name).modality != "image" or registry.model_info(name).kind != "tokenizer":
             continue
         row = rows[name]
         ks = sorted(int(k.split("@")[1]) for k in row if k.startswith("psnr@"))

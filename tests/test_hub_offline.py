@@ -178,3 +178,21 @@ def test_official_flextok_entry_loads_and_encodes_with_its_own_config(offline_ca
     assert cli.main(["convert", spec.name, str(local), str(tmp_path / "converted")]) == 0, capsys.readouterr().err
     converted = zoo.load(f"local-dir:{tmp_path / 'converted'}")
     assert torch.equal(converted.encode((io["images"] + 1) / 2, resize="none").codes, io["tokens"])
+
+
+def test_revision_reads_another_commit(offline_cache, tiny_model, temp_spec):
+    """`zoo.load(name, revision=)` reads the entry's file at another commit (and skips the pinned sha256)."""
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    changed = {k: v.clone() for k, v in to_official(tiny_model.state_dict()).items()}
+    key = next(k for k in changed if k.endswith("weight") and changed[k].is_floating_point())
+    changed[key] += 1
+    offline_cache("tokzoo-test/revs", {"tiny.ckpt": lambda p: torch.save({"state_dict": to_official(
+        tiny_model.state_dict())}, p)})
+    offline_cache("tokzoo-test/revs", {"tiny.ckpt": lambda p: torch.save({"state_dict": changed}, p)}, sha=other)
+    temp_spec(name="test-revs", config={**tiny_model.config.__dict__},
+              hub_file=registry.HubFile("tokzoo-test/revs", "tiny.ckpt", SHA, "0" * 64),
+              filter_fn=zoo.model_info("wavtokenizer-small-75tps").filter_fn)
+    with pytest.raises(zoo.CheckpointError, match="sha256 mismatch"):
+        zoo.load("test-revs")  # the pinned revision, with its pinned hash
+    loaded = zoo.load("test-revs", revision=other)
+    assert torch.equal(to_official(loaded.state_dict())[key], changed[key]) and loaded.name == "test-revs"

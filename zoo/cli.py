@@ -210,6 +210,37 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _class_ids(gen, values: list[str] | None) -> list[int] | None:
+    """--class values: ids, or names from the generator's `label_names`."""
+    if values is None:
+        return None
+    names = list(getattr(gen, "label_names", None) or [])
+    ids = []
+    for value in values:
+        if value.lstrip("-").isdigit():
+            ids.append(int(value))
+        elif value in names:
+            ids.append(names.index(value))
+        else:
+            raise ValueError(f"--class {value!r}: give a class id" + (f" or one of {names}" if names else ""))
+    return ids
+
+
+def cmd_generate(args) -> int:
+    gen = _load(args.name, args, "generator")
+    labels = _class_ids(gen, args.classes)
+    samples = gen.sample(labels, num_samples=args.num_samples, cfg_scale=args.cfg, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, steps=args.steps, seed=args.seed, progress=True)
+    names = list(getattr(gen, "label_names", None) or [])
+    per_item = [] if labels is None else [c for c in labels for _ in range(args.num_samples)]
+    captions = [names[c] if names else f"class {c}" for c in per_item] or None
+    paired = gen.paired_model()
+    files = zio.save_generated(args.output, samples, gen.modality, captions,
+                               sample_rate=getattr(paired, "sample_rate", None))
+    print(f"{len(samples)} samples -> {', '.join(str(f) for f in files[-2:])}" + (" ..." if len(files) > 2 else ""))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -250,6 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, default=None, help="stochastic decoders: noise seed")
             p.add_argument("--steps", type=int, default=None, help="sampling decoders: number of steps")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("generate", help="sample from a generator; a labelled PNG grid or a folder of files")
+    p.add_argument("name")
+    p.add_argument("--class", dest="classes", nargs="+", metavar="C", help="class ids (or names), each -n times")
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="samples per class")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (iterative generators)")
+    p.add_argument("--seed", type=int, default=None, help="sample k of each class uses seed + k")
+    p.add_argument("-o", "--output", required=True, help="grid.png (images), or a folder")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_generate)
 
     add_eval_parser(sub)
 

@@ -1,4 +1,5 @@
-"""`zoo demo`: every bundled tokenizer on the held-out samples committed with the package; outputs plus a summary.
+"""`zoo demo`: every bundled tokenizer on the held-out samples committed with the package, and every bundled
+generator's samples; outputs plus a summary.
 
 Runs offline on a fresh install (no espeak-ng, no scikit-image): the inputs are `zoo.data.samples`. Each model is
 asked what it can do (modality, prefix decoding, stochastic decoding) rather than which family it is.
@@ -68,22 +69,40 @@ def _image_demo(tok, folder: Path) -> dict:
     return row
 
 
-DEMOS = {"audio": _audio_demo, "image": _image_demo}
+def _generator_demo(gen, folder: Path, per_class: int = 2) -> dict:
+    """A few samples of every class (or 8 unconditional ones), seed 0, written as a labelled grid / audio files."""
+    classes = list(range(gen.num_classes)) if gen.num_classes else None
+    start = time.perf_counter()
+    samples = gen.sample(classes, num_samples=per_class if classes else 8, seed=0)
+    elapsed = time.perf_counter() - start
+    names = list(getattr(gen, "label_names", None) or [])
+    captions = None if classes is None else [names[c] if names else f"class {c}" for c in classes
+                                             for _ in range(per_class)]
+    zio.save_generated(folder, samples, gen.modality, captions,
+                       sample_rate=getattr(gen.paired_model(), "sample_rate", None))
+    what = f"{per_class} per class x {len(classes)} classes" if classes else "8 unconditional"
+    return {"input": f"{len(samples)} samples ({what}, seed 0), via {gen.tokenizer_name}",
+            "time_s": round(elapsed, 3), "samples/s": round(len(samples) / elapsed, 2)}
+
+
+DEMOS = {("tokenizer", "audio"): _audio_demo, ("tokenizer", "image"): _image_demo,
+         ("generator", "audio"): _generator_demo, ("generator", "image"): _generator_demo}
 
 
 def run_demo(out: Path, names: list[str] | None = None) -> list[dict]:
     """Run the demo and write ``summary.md`` / ``summary.json`` into `out`; returns the rows."""
     torch.manual_seed(0)
-    bundled = [n for n in registry.list_models(kind="tokenizer") if registry.model_info(n).bundled]
+    bundled = [n for kind in ("tokenizer", "generator") for n in registry.list_models(kind=kind)
+               if registry.model_info(n).bundled]
     names = names or bundled
     unknown = sorted(set(names) - set(bundled))
     if unknown:
-        raise ValueError(f"not bundled tokenizers: {unknown}; bundled: {bundled}")
+        raise ValueError(f"not bundled tokenizers or generators: {unknown}; bundled: {bundled}")
     rows, limits = [], []
     for name in names:
-        tok = hub.load(name)
+        model = hub.load(name)
         folder = out / name
-        row = {"model": name, **DEMOS[tok.modality](tok, folder), "folder": str(folder)}
+        row = {"model": name, **DEMOS[model.kind, model.modality](model, folder), "folder": str(folder)}
         rows.append(row)
         limitations = registry.model_info(name).limitations
         if limitations:

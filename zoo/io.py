@@ -189,3 +189,56 @@ def image_grid(images: torch.Tensor | Sequence[torch.Tensor], ncols: int, pad: i
         r, col = divmod(i, ncols)
         draw.text((pad + col * (w + pad) + 1, pad + r * cell_h + h), str(label), fill=(0, 0, 0))
     return pil_to_tensor(canvas)
+
+
+# --- generated samples ---------------------------------------------------------------------------------------------
+
+
+def spectrogram_image(wav: torch.Tensor, sample_rate: int, height: int = 80) -> torch.Tensor:
+    """``(T)`` audio -> ``(3, height, frames)`` log-mel picture in [0, 1] (low frequencies at the bottom)."""
+    from .metrics import log_mel
+
+    mel = log_mel(wav[None].float().cpu(), sample_rate, n_mels=height)[0]          # (height, frames)
+    mel = (mel - mel.max() + 8).clamp_min(0) / 8                                   # an 8-nat (~35 dB) range
+    return mel.flip(0)[None].expand(3, -1, -1)
+
+
+def save_generated(out: str | Path, samples, modality: str, labels: Sequence[str] | None = None, *,
+                   sample_rate: int | None = None) -> list[Path]:
+    """Write generated samples; returns the files written.
+
+    Images ``(B, 3, H, W)``: `out` ending in an image suffix gets one grid with `labels` under the tiles; a folder
+    gets ``sample_<i>.png`` files and ``grid.png``. Audio ``(B, T)`` (or a list of ``(T)``) at `sample_rate`: a
+    folder gets ``sample_<i>.wav`` files and ``spectrograms.png`` (their log-mel pictures side by side); `out`
+    ending in ``.wav`` takes a single sample.
+    """
+    out = Path(out)
+    n = len(samples)
+    labels = list(labels) if labels is not None else [str(i) for i in range(n)]
+    if modality == "image":
+        grid = image_grid(samples, ncols=min(n, 8), labels=labels)
+        if out.suffix.lower() in IMAGE_SUFFIXES:
+            save_image(out, grid)
+            return [out]
+        files = [out / f"sample_{i:03d}.png" for i in range(n)]
+        for path, img in zip(files, samples):
+            save_image(path, img)
+        save_image(out / "grid.png", grid)
+        return files + [out / "grid.png"]
+    if modality == "audio":
+        if sample_rate is None:
+            raise ValueError("save_generated: audio needs its sample_rate")
+        if out.suffix.lower() in AUDIO_SUFFIXES:
+            if n != 1:
+                raise ValueError(f"-o {out} names one file but there are {n} samples: give a folder")
+            save_audio(out, samples[0], sample_rate)
+            return [out]
+        files = [out / f"sample_{i:03d}.wav" for i in range(n)]
+        for path, wav in zip(files, samples):
+            save_audio(path, wav, sample_rate)
+        pictures = [spectrogram_image(wav, sample_rate) for wav in samples]
+        width = max(p.shape[-1] for p in pictures)
+        pictures = torch.stack([torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=1.0) for p in pictures])
+        save_image(out / "spectrograms.png", image_grid(pictures, ncols=min(n, 4), labels=labels))
+        return files + [out / "spectrograms.png"]
+    raise ValueError(f"save_generated: modality must be 'image' or 'audio', got {modality!r}")
