@@ -191,7 +191,7 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
 
 def bench_images(size: int, batch: int) -> torch.Tensor:
     """``batch`` held-out scikit-image photographs (repeated as needed), centre-cropped: ``(B, 3, size, size)``."""
-    photos = [zio.resize_center_crop(p[None], size)[0] for p in zdata.photos("heldout").values()]
+    photos = [zio.resize_center_crop(p[None], size)[0] for p in zdata.photos("test").values()]
     return torch.stack([photos[i % len(photos)] for i in range(batch)])
 
 

@@ -193,7 +193,7 @@ def digits_suite(args: argparse.Namespace, device: torch.device) -> Suite:
 
     wrapped = zoo.load("vit-tiny-digits").eval()
     base = wrapped.vit.to(device)
-    images, _ = digits("heldout")
+    images, _ = digits("test")
     size = wrapped.vit.patch_embed.img_size[0]
     if images.shape[-1] != size or max(args.batches) > len(images):
         raise ValueError(f"digits: need at most {len(images)} images of {size} px, got batch {max(args.batches)}")

@@ -6,7 +6,7 @@
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_vit_digits.py ...  # 2 processes
 
 The recipe is vit_accel/train.py, on the zoo's one training loop (zoo.training.train_loop). Data: zoo.data
-digits (first 1,500 train; the last 297 held out, never seen here but for the final measurement), upsampled to
+digits (train 0-1,299; validation and test are never trained on), upsampled to
 32x32 (vit_accel.evaluate.digits), random affine augmentation. AdamW with warmup + cosine, label smoothing;
 complete Accelerate checkpoints under ``--out/checkpoints`` once per epoch (``--resume``). With ``--method
 routing`` the model gets token routers (vit_accel.routing) and the loss adds ``--budget-weight`` x the

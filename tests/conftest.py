@@ -32,14 +32,45 @@ TINY_OVERRIDES = {
                     vae_norm_num_groups=8, vae_scaling_factor=1.0, posemb_grid=(4, 4), encoder_dim=32,
                     encoder_depth=1, encoder_head_dim=16, decoder_dim=32, decoder_depth=1, decoder_head_dim=16,
                     num_registers=8, max_timestep=1.0, default_steps=2),
+    "llamagen_vq": dict(ch=16, ch_mult=(1, 1, 2), z_channels=16, codebook_size=64, image_size=32, norm_groups=8),
     # 64 patch tokens: enough for every preset's per-block reduction over 2 blocks
     "vit_accel": dict(timm_kwargs=dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                                        num_classes=10)),
+    "ar": dict(dim=32, n_layer=1, n_head=2, multiple_of=32, vocab_size=64, block_size=16, grid_size=(4, 4),
+               num_classes=10),  # vocab_size = the tiny llamagen_vq codebook, so the two pair
 }
 
 
-# Family steps a randomly built tiny model needs before the harness uses it (a codebook that k-means would fill).
-TINY_PREPARE = {"wavtokenizer": lambda model: init_codebook_(model)}
+TINY_OVERRIDES["quality"] = dict(channels=(8, 8, 8), features=16)
+
+def codebook_from_latents_(model, seed: int = 0):
+    """A random tiny WavTokenizer whose codebook rows are frames of its own latents (as k-means would start), so
+    that different frames get different codes (a random codebook maps every frame to one code)."""
+    init_codebook_(model, seed)
+    x, kwargs = model.example_input(batch_size=2, seed=seed)
+    with torch.no_grad():
+        latent, _ = model.encode_latent(x[:, 0])                                  # (B, D, F)
+        frames = latent.transpose(1, 2).reshape(-1, latent.shape[1])
+        g = torch.Generator().manual_seed(seed)
+        cb = model.quantizer._codebook
+        pick = torch.randint(0, len(frames), (cb.embed.shape[1],), generator=g)
+        cb.embed.data[0] = frames[pick] + 0.01 * torch.randn(cb.embed.shape[1:], generator=g)
+        cb.embed_avg.data.copy_(cb.embed.data)
+    return model
+
+
+def perturb_(model, scale: float = 0.05, seed: int = 0):
+    """Add noise to every weight of a random tiny model: the zero-initialised adaLN and output heads of FlexTok
+    would otherwise make every image encode to the same codes and every velocity the same."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+# Family steps a randomly built tiny model needs before the harness uses it, so that its codes tell inputs apart.
+TINY_PREPARE = {"wavtokenizer": codebook_from_latents_, "flextok": perturb_}
 
 
 @pytest.fixture

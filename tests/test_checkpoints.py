@@ -10,10 +10,13 @@ from zoo import checkpoints
 from zoo.checkpoints import CheckpointError
 
 
+SAVED = {"w": torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), "b": torch.arange(4.0)}
+
+
 @pytest.fixture
 def good_file(tmp_path):
     path = tmp_path / "model.safetensors"
-    save_file({"w": torch.randn(4, 3), "b": torch.zeros(4)}, str(path))
+    save_file(SAVED, str(path))
     return path
 
 
@@ -23,8 +26,9 @@ def _model():
 
 def test_roundtrip(good_file):
     sd = checkpoints.read_state_dict(good_file)
+    assert sd.keys() == SAVED.keys() and all(torch.equal(sd[k], v) for k, v in SAVED.items())
     model = checkpoints.load_into(_model(), {"weight": sd["w"], "bias": sd["b"]}, source=str(good_file))
-    assert torch.equal(model.weight, sd["w"])
+    assert torch.equal(model.weight, SAVED["w"]) and torch.equal(model.bias, SAVED["b"])
 
 
 def test_truncated_file(good_file):
@@ -53,7 +57,8 @@ def test_empty_and_missing(tmp_path):
 
 def test_sha256_mismatch(good_file):
     right = hashlib.sha256(good_file.read_bytes()).hexdigest()
-    assert checkpoints.read_state_dict(good_file, sha256=right)
+    sd = checkpoints.read_state_dict(good_file, sha256=right)  # the right hash: the weights, read
+    assert sd.keys() == SAVED.keys() and all(torch.equal(sd[k], v) for k, v in SAVED.items())
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         checkpoints.read_state_dict(good_file, sha256="0" * 64)
 

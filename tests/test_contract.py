@@ -393,7 +393,8 @@ def bundled_unigram(unigram, tmp_path, monkeypatch):
     unigram.save_pretrained(root / "test-unigram")
     (root / "flextok-tiny-64px").symlink_to(hub.bundled_dir(zoo.model_info("flextok-tiny-64px")))
     digest = zoo.checkpoints.sha256_of(root / "test-unigram" / "model.safetensors")
-    spec = dataclasses.replace(zoo.model_info("test-unigram"), bundled="test-unigram", sha256=digest)
+    splits = {"train": "random init", "validation": "none", "test": "none"}  # a test double, trained on nothing
+    spec = dataclasses.replace(zoo.model_info("test-unigram"), bundled="test-unigram", sha256=digest, splits=splits)
     monkeypatch.setitem(registry._MODELS, "test-unigram", spec)
     monkeypatch.setenv("TOKZOO_WEIGHTS", str(root))
     return hub.load("test-unigram")

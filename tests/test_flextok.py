@@ -48,6 +48,16 @@ def case_params(case: str) -> tuple[str, float, bool]:
     return kind, float(m.group(2)), m.group(1) == "apg"
 
 
+# Parity tolerances, from the largest difference measured over both variants and every case (CPU, torch 2.14.1, the
+# same at 1 and 2 threads) with a 4x margin. README.md quotes these numbers.
+EXACT_ATOL = 2e-6  # VAE posterior and latents, encoder output, FSQ values, velocities, time embedding: measured 0
+#                    (bit-identical); 2e-6 leaves a few ulps (values up to 4.2: ulp 4.8e-7) for another CPU's kernels
+VAE_DECODE_ATOL = 5e-5  # VAE decoder images (up to 3.5): measured 1.2e-5
+DETOK_LATENTS_ATOL = 6.5e-6  # latents after the 3-step Euler runs (guidance 1, CFG, APG): measured 1.6e-6
+TRAJECTORY_ATOL = 3.5e-6  # per-step x, v_cond, v_uncond of the recorded APG run: measured 8.3e-7
+DETOK_IMAGES_ATOL = 5e-5  # detokenized images: measured 1.2e-5 (the random VAE decoder amplifies ~10x)
+
+
 def maxdiff(a, b) -> float:
     return float((a.float() - b.float()).abs().max())
 
@@ -321,13 +331,13 @@ def test_encoder_parity(fixture):
     model, io = fixture("A")
     with torch.no_grad():
         dist = model.vae.encode(io["images"]).latent_dist
-        torch.testing.assert_close(dist.mean, io["vae_latent_mean"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(dist.logvar, io["vae_latent_logvar"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(model.vae_encode(io["images"]), io["vae_latents"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(model.vae_decode(io["vae_latents"]), io["vae_decoded"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(dist.mean, io["vae_latent_mean"], atol=EXACT_ATOL, rtol=0)
+        torch.testing.assert_close(dist.logvar, io["vae_latent_logvar"], atol=EXACT_ATOL, rtol=0)
+        torch.testing.assert_close(model.vae_encode(io["images"]), io["vae_latents"], atol=EXACT_ATOL, rtol=0)
+        torch.testing.assert_close(model.vae_decode(io["vae_latents"]), io["vae_decoded"], atol=VAE_DECODE_ATOL, rtol=0)
         out = model.encode_latents(io["vae_latents"])
-        torch.testing.assert_close(out["prequant"], io["enc_registers_prequant"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(out["quants"], io["quants"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["prequant"], io["enc_registers_prequant"], atol=EXACT_ATOL, rtol=0)
+        torch.testing.assert_close(out["quants"], io["quants"], atol=EXACT_ATOL, rtol=0)
         assert torch.equal(out["tokens"], io["tokens"])
         assert torch.equal(model.tokenize(io["images"]), io["tokens"])
     tokens = model.encode((io["images"] + 1) / 2)  # public API: [0, 1] images
@@ -341,28 +351,28 @@ def test_decoder_forward_parity(fixture, variant):
     x, t = io["dec_noised_latents"], io["dec_timesteps"]
     with torch.no_grad():
         v, inter = model.velocity(token_lists(io, "full"), x, t, return_intermediates=True)
-        torch.testing.assert_close(v, io[p + "dec_v_full"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(inter["patches_final"], io[p + "dec_patches_final"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(v, io[p + "dec_v_full"], atol=EXACT_ATOL, rtol=0)
+        torch.testing.assert_close(inter["patches_final"], io[p + "dec_patches_final"], atol=EXACT_ATOL, rtol=0)
         if variant == "A":
-            torch.testing.assert_close(inter["temb"], io["dec_temb"], atol=1e-5, rtol=0)
+            torch.testing.assert_close(inter["temb"], io["dec_temb"], atol=EXACT_ATOL, rtol=0)
         for kind in (f"keep{keep_prefix(io)}", "mixed"):
             torch.testing.assert_close(model.velocity(token_lists(io, kind), x, t), io[f"{p}dec_v_{kind}"],
-                                       atol=1e-5, rtol=0)
+                                       atol=EXACT_ATOL, rtol=0)
         torch.testing.assert_close(model.velocity(token_lists(io, "full"), x, t, uncond=True), io[p + "dec_v_uncond"],
-                                   atol=1e-5, rtol=0)
+                                   atol=EXACT_ATOL, rtol=0)
         # the same calls through full codes + keep_k, and through Tokens.lengths
         mixed = keep_counts(io, "mixed")
         torch.testing.assert_close(model.velocity(io["tokens"], x, t, keep_k=mixed), io[p + "dec_v_mixed"],
-                                   atol=1e-5, rtol=0)
+                                   atol=EXACT_ATOL, rtol=0)
         torch.testing.assert_close(model.velocity(model.make_tokens(io["tokens"], torch.tensor(mixed)), x, t),
-                                   io[p + "dec_v_mixed"], atol=1e-5, rtol=0)
+                                   io[p + "dec_v_mixed"], atol=EXACT_ATOL, rtol=0)
         # the official input is x_t = t * noise + (1 - t) * latents: noising our own VAE latents with the recorded
         # noise gives it again, and the same velocity
         t4 = t[:, None, None, None]
         ours = t4 * io["dec_noise"] + (1 - t4) * model.vae_encode(io["images"])
-        torch.testing.assert_close(ours, x, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours, x, atol=EXACT_ATOL, rtol=0)
         torch.testing.assert_close(model.velocity(token_lists(io, "full"), ours, t), io[p + "dec_v_full"],
-                                   atol=1e-5, rtol=0)
+                                   atol=EXACT_ATOL, rtol=0)
 
 
 def trajectory_case(io) -> str:
@@ -386,9 +396,9 @@ def test_detokenize_parity(fixture, variant, case):
     with torch.no_grad():
         # the official pipeline's initial noise, recorded: no dependence on how a generator is consumed
         latents = model.sample_latents(token_lists(io, kind), noise=io["detok_noise"], **kwargs)
-        torch.testing.assert_close(latents, io[f"{p}detok_{case}_latents"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(latents, io[f"{p}detok_{case}_latents"], atol=DETOK_LATENTS_ATOL, rtol=0)
         images = model.detokenize(token_lists(io, kind), noise=io["detok_noise"], **kwargs)
-        torch.testing.assert_close(images, io[f"{p}detok_{case}_images"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(images, io[f"{p}detok_{case}_images"], atol=DETOK_IMAGES_ATOL, rtol=0)
 
 
 def test_detokenize_trajectory_parity(fixture):
@@ -400,7 +410,7 @@ def test_detokenize_trajectory_parity(fixture):
                                        guidance_scale=scale, apg=apg, return_trajectory=True)
     assert torch.equal(traj["t"], io[f"detok_{case}_step_t"])
     for ours, theirs in (("x", "step_x"), ("v_cond", "step_v_cond"), ("v_uncond", "step_v_uncond")):
-        torch.testing.assert_close(traj[ours], io[f"detok_{case}_{theirs}"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(traj[ours], io[f"detok_{case}_{theirs}"], atol=TRAJECTORY_ATOL, rtol=0)
 
 
 def test_public_decode_is_detokenize_in_unit_range(fixture):
@@ -575,7 +585,7 @@ def test_facts_and_registry():
 
 
 def test_any_image_input_is_center_cropped(tmp_path):
-    model = tiny()
+    model = _perturbed_tiny()  # a fresh tiny model's zero-initialised head gives every image the same codes
     square = torch.rand(3, 16, 16)
     wide = torch.rand(3, 20, 40)
     expected = zio.resize_center_crop(wide[None], 16)
@@ -583,7 +593,7 @@ def test_any_image_input_is_center_cropped(tmp_path):
     zio.save_image(tmp_path / "wide.png", wide)
     pil = Image.open(tmp_path / "wide.png")
     codes = model.encode([square, wide, pil, tmp_path / "wide.png"]).codes  # one batch of mixed inputs
-    assert codes.shape == (4, 8)
+    assert codes.shape == (4, 8) and not torch.equal(codes[0], codes[1])  # codes that tell images apart
     assert torch.equal(codes[0], model.encode(square).codes[0])
     assert torch.equal(codes[1], model.encode(expected).codes[0])
     assert torch.equal(codes[2], codes[3])  # PIL and path give the same (8-bit) image
@@ -637,7 +647,7 @@ def test_bad_input_raises():
 
 
 def test_tiny_roundtrip_shapes_and_variable_lengths():
-    model = tiny()
+    model = _perturbed_tiny()  # not tiny(): its zero-initialised heads make the decoder ignore the tokens
     x = torch.rand(3, 3, 16, 16)
     tokens = model.encode(x)
     out = model.decode(tokens, seed=0)
@@ -646,20 +656,124 @@ def test_tiny_roundtrip_shapes_and_variable_lengths():
     listed = model.decode([tokens.codes[0, :2], tokens.codes[1:2, :5], tokens.codes[2]], seed=0)
     keyed = model.decode(tokens.codes, keep_k=torch.tensor([2, 5, 8]), seed=0)
     torch.testing.assert_close(listed, keyed, atol=1e-6, rtol=0)
-    assert torch.equal(model.decode(tokens.codes, seed=5, guidance_scale=1.0),
-                       model.decode(tokens.codes, seed=5, guidance_scale=1.0))
+    assert (keyed - model.decode(tokens.codes, seed=0)).abs().max() > 1e-3  # the kept lengths matter
+    # the seed is what fixes the noise: every item draws it from its own generator seeded with it
+    seeded = model.decode(tokens.codes, seed=5, guidance_scale=1.0)
+    c = model.config
+    shape = (c.vae_latent_channels, c.image_size // c.vae_downsample, c.image_size // c.vae_downsample)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(5)) for _ in range(3)])
+    latents = model.sample_latents(tokens.codes, noise=noise, steps=c.default_steps, guidance_scale=1.0)
+    assert torch.equal(seeded, ((model.vae_decode(latents) + 1) / 2).clamp(0, 1))
+    assert (seeded - model.decode(tokens.codes, seed=6, guidance_scale=1.0)).abs().max() > 0.01
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of `a` against the reference `b`."""
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def check_bf16_layout(model: FlexTok) -> None:
+    """The encoder and decoder transformers in bfloat16, the VAE and FSQ in float32."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point():
+            fp32 = name.startswith(("vae.", "regularizer."))
+            assert t.dtype == (torch.float32 if fp32 else torch.bfloat16), (name, t.dtype)
 
 
 def test_bfloat16_runs_with_fp32_vae_and_fsq():
-    model = tiny()
-    x = torch.rand(2, 3, 16, 16)
-    codes32 = model.encode(x).codes
-    out32 = model.decode(codes32, seed=0)
-    model.cast(dtype=torch.bfloat16)
-    assert model.vae.dtype == torch.float32 and model.encoder.registers.dtype == torch.bfloat16
-    codes16 = model.encode(x).codes
-    assert codes16.dtype == torch.int64 and codes16.shape == codes32.shape
-    assert int(codes16.max()) < model.codebook_size
-    out16 = model.decode(codes32, seed=0)
-    assert out16.dtype == torch.float32 and out16.shape == out32.shape and torch.isfinite(out16).all()
-    assert (out16 - out32).abs().mean() < 0.05  # same computation at lower precision, not another model
+    # perturbed weights: a fresh tiny model's zero-initialised heads make every encoder output and velocity 0, which
+    # no precision can get wrong
+    ref, model = _perturbed_tiny(), _perturbed_tiny().cast(dtype=torch.bfloat16)
+    check_bf16_layout(model)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        # the VAE is float32: bit for bit the float32 model's, both ways
+        latents = ref.vae_encode(x * 2 - 1)
+        assert torch.equal(model.vae_encode(x * 2 - 1), latents)
+        assert torch.equal(model.vae_decode(latents), ref.vae_decode(latents))
+        out, out32 = model.encode_latents(latents), ref.encode_latents(latents)
+        assert out["prequant"].dtype == torch.float32  # FSQ quantises float32 values
+        noise = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+        t = torch.tensor([0.3, 0.7, 0.55, 0.9] * 2)  # timesteps bf16 cannot hold exactly
+        codes = ref.encode(x).codes
+        v = {u: (model.velocity(codes, noise, t, uncond=u), ref.velocity(codes, noise, t, uncond=u))
+             for u in (False, True)}
+        temb, temb32 = model.decoder.time_embed(t), ref.decoder.time_embed(t)
+    tokens = model.encode(x)
+    assert tokens.codes.dtype == torch.int64 and tokens.codes.shape == codes.shape
+    images, images32 = model.decode(codes, seed=0, steps=5), ref.decode(codes, seed=0, steps=5)
+    assert images.dtype == torch.float32 and images.shape == x.shape
+    # Close to float32, not another model. Measured (CPU): 95.3 % of the 64 codes equal, encoder output 0.88 %
+    # relative error, time embedding 0.42 %, velocities 0.61 % (conditional and null condition), images decoded from
+    # the same codes and noise in 5 steps 0.24 %. Thresholds: 4x the errors (codes: 4x the 4.7 % that differ).
+    assert (tokens.codes == codes).float().mean() >= 0.8
+    assert rel_err(out["prequant"], out32["prequant"]) < 0.035
+    assert rel_err(temb, temb32) < 0.017
+    assert max(rel_err(*pair) for pair in v.values()) < 0.025, {u: rel_err(*pair) for u, pair in v.items()}
+    assert rel_err(images, images32) < 0.01
+
+
+def held_out_photos(size: int = 64) -> torch.Tensor:
+    """The three committed held-out photographs, centre-cropped to `size` (the bundled tiny model's input)."""
+    from zoo import data
+
+    return torch.stack([zio.resize_center_crop(image[None], size)[0] for image, in data.samples("image").values()])
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_zoo_load_places_every_tensor(device):
+    # "meta" shows without a GPU that `device=` reaches every parameter and buffer
+    model = zoo.load("flextok-tiny-64px", device=device)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert model.device.type == device and all(t.device.type == device for t in tensors)
+    assert all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())  # no dtype= : float32
+
+
+def test_zoo_load_bfloat16_keeps_vae_and_fsq_fp32_and_stays_close():
+    model, ref = zoo.load("flextok-tiny-64px", dtype=torch.bfloat16), zoo.load("flextok-tiny-64px")
+    check_bf16_layout(model)
+    x = held_out_photos()
+    with torch.inference_mode():
+        latents = ref.vae_encode(x * 2 - 1)
+        assert torch.equal(model.vae_encode(x * 2 - 1), latents)  # the VAE is float32, bit for bit
+        out, out32 = model.encode_latents(latents), ref.encode_latents(latents)
+        codes = out32["tokens"]
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+        t = torch.tensor([0.93, 0.52, 0.11])
+        v = {u: (model.velocity(codes, noise, t, uncond=u), ref.velocity(codes, noise, t, uncond=u))
+             for u in (False, True)}
+    assert out["prequant"].dtype == torch.float32
+    images, images32 = model.decode(codes, seed=0, steps=5), ref.decode(codes, seed=0, steps=5)
+    # Measured on the three held-out photos (CPU): 95.8 % of the 192 codes equal, encoder output 0.69 % relative
+    # error, velocities 0.80 % / 0.87 % (null condition), images decoded from the same codes and noise 0.23 %
+    # (57-63 dB PSNR against float32). Thresholds: 4x the errors (codes: 4x the 4.2 % that differ).
+    assert (out["tokens"] == codes).float().mean() >= 0.8
+    assert torch.equal(model.encode(x).codes, out["tokens"])
+    assert rel_err(out["prequant"], out32["prequant"]) < 0.03
+    assert max(rel_err(*pair) for pair in v.values()) < 0.035, {u: rel_err(*pair) for u, pair in v.items()}
+    assert images.dtype == torch.float32 and rel_err(images, images32) < 0.01
+
+
+def test_sample_posterior_draws_from_the_vae_posterior():
+    x = held_out_photos()
+    default, sampling = zoo.load("flextok-tiny-64px"), zoo.load("flextok-tiny-64px", sample_posterior=True)
+    assert default.config.sample_posterior is False and sampling.config.sample_posterior is True
+    scale = default.config.vae_scaling_factor
+    with torch.inference_mode():
+        posterior = default.vae.encode(x * 2 - 1).latent_dist
+        mode_codes = default.encode_latents(posterior.mode() * scale)["tokens"]
+        # sampling: (mean + std * eps) * scale, eps drawn from the generator passed to encode
+        eps = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(sampling.vae_encode(x * 2 - 1, torch.Generator().manual_seed(3)),
+                           (posterior.mean + posterior.std * eps) * scale)
+    # default: deterministic, the posterior mode, whatever generator is passed
+    assert torch.equal(default.encode(x).codes, mode_codes)
+    assert torch.equal(default.encode(x, generator=torch.Generator().manual_seed(1)).codes, mode_codes)
+
+    def drawn(seed):
+        return sampling.encode(x, generator=torch.Generator().manual_seed(seed)).codes
+
+    first = drawn(0)
+    assert torch.equal(drawn(0), first)  # the same generator seed, the same draw
+    # another seed, another draw (measured: 23 % of the 192 codes differ between seeds 0 and 1, 17 % from the mode)
+    assert (drawn(1) != first).float().mean() > 0.05 and (first != mode_codes).float().mean() > 0.04

@@ -1,5 +1,7 @@
 """The FlexTok VAE entries: diffusers-layout checkpoints convert with every key checked."""
 
+import re
+
 import pytest
 import torch
 
@@ -22,13 +24,21 @@ def test_diffusers_layout_converts_exactly():
     target = tiny_vae()
     torch.nn.init.zeros_(target.vae.encoder.conv_in.weight)
     load_into(target, diffusers_layout, source="diffusion_pytorch_model.safetensors", filter_fn=vae_checkpoint_filter_fn)
+    loaded = target.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in source.state_dict().items())  # decoder too
     images = torch.rand(1, 3, 16, 16)
     assert torch.equal(target.encode(images), source.encode(images))
     broken = dict(diffusers_layout)
     broken.pop("decoder.conv_out.bias")
     broken["encoder.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="missing decoder.conv_out.bias.*|unexpected encoder.extra.weight"):
+    with pytest.raises(ValueError) as info:
         vae_checkpoint_filter_fn(broken, target)
+    message = str(info.value)  # both problems are reported, each naming its key
+    assert re.search(r"missing (vae\.)?decoder\.conv_out\.bias\b", message), message
+    assert "unexpected encoder.extra.weight" in message, message
+    reshaped = dict(diffusers_layout, **{"decoder.conv_out.bias": torch.zeros(5)})
+    with pytest.raises(ValueError, match=r"decoder\.conv_out\.bias: shape \(5,\), expected \(3,\)"):
+        vae_checkpoint_filter_fn(reshaped, target)
 
 
 def test_registered_vaes():

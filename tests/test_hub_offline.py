@@ -68,12 +68,22 @@ def test_zoo_layout_repo_loads_offline(offline_cache, tiny_model, tmp_path):
         "model.safetensors": lambda p: p.write_bytes((folder / "model.safetensors").read_bytes()),
     })
     wav = torch.randn(24000) * 0.1
+    saved = tiny_model.state_dict()
+
+    def assert_saved_weights(model):  # (a random tiny WavTokenizer gives every frame the same code: compare weights)
+        assert model.state_dict().keys() == saved.keys()
+        for key, value in saved.items():
+            assert torch.equal(model.state_dict()[key], value), key
+
     for ref in ("hf-hub:tokzoo-test/tiny", f"hf-hub:tokzoo-test/tiny@{SHA}"):
         loaded = zoo.load(ref)
         assert not loaded.training
+        assert_saved_weights(loaded)
         assert torch.equal(loaded.encode(wav, sample_rate=24000).codes, tiny_model.encode(wav, sample_rate=24000).codes)
-    # the huggingface_hub mixin entry point resolves through the same strict loader
-    assert isinstance(WavTokenizer.from_pretrained("tokzoo-test/tiny"), WavTokenizer)
+    # the huggingface_hub mixin entry point resolves through the same strict loader: the saved weights, in eval mode
+    mixin = WavTokenizer.from_pretrained("tokzoo-test/tiny")
+    assert isinstance(mixin, WavTokenizer) and not mixin.training
+    assert_saved_weights(mixin)
 
 
 def test_official_checkpoint_converted_offline(offline_cache, tiny_model, temp_spec):
@@ -196,3 +206,66 @@ def test_revision_reads_another_commit(offline_cache, tiny_model, temp_spec):
         zoo.load("test-revs")  # the pinned revision, with its pinned hash
     loaded = zoo.load("test-revs", revision=other)
     assert torch.equal(to_official(loaded.state_dict())[key], changed[key]) and loaded.name == "test-revs"
+
+
+def test_zoo_download_prints_the_cached_file_or_says_what_is_missing(offline_cache, temp_spec, tiny_model, capsys):
+    from zoo import cli
+
+    snap = offline_cache("tokzoo-test/official", {
+        "tiny.ckpt": lambda path: torch.save({"state_dict": to_official(tiny_model.state_dict())}, path)})
+    digest = hashlib.sha256((snap / "tiny.ckpt").read_bytes()).hexdigest()
+    config = {**tiny_model.config.__dict__}
+    temp_spec(name="test-download", config=config,
+              hub_file=registry.HubFile("tokzoo-test/official", "tiny.ckpt", SHA, digest))
+    assert cli.main(["download", "test-download"]) == 0
+    out = capsys.readouterr().out
+    assert f"tokzoo-test/official@{SHA}/tiny.ckpt -> {snap / 'tiny.ckpt'}" in out, out  # where the file is
+    # not in the cache (offline): exit status 2 and one message naming the repo, the file and the revision
+    temp_spec(name="test-download-absent", config=config,
+              hub_file=registry.HubFile("tokzoo-test/official", "absent.ckpt", SHA))
+    assert cli.main(["download", "test-download-absent"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("zoo download: error: ")
+    for needed in ("'tokzoo-test/official'", "'absent.ckpt'", f"revision {SHA}"):
+        assert needed in captured.err, captured.err
+    # cached, but not the pinned bytes
+    temp_spec(name="test-download-badsha", config=config,
+              hub_file=registry.HubFile("tokzoo-test/official", "tiny.ckpt", SHA, "0" * 64))
+    assert cli.main(["download", "test-download-badsha"]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+    # a bundled model: nothing to fetch, the command names its folder
+    spec = zoo.model_info("wavtokenizer-tiny-75tps")
+    assert cli.main(["download", spec.name]) == 0
+    out = capsys.readouterr().out
+    folder = zoo.hub.bundled_dir(spec)
+    assert f"{spec.name} is bundled: {folder}" in out and (folder / "model.safetensors").is_file()
+
+
+def test_zoo_download_fetches_what_the_flextok_config_names(offline_cache, parity_dir, capsys):
+    """An official FlexTok checkpoint names its VAE's Hub repo in its config: `zoo download` fetches that config too,
+    and says which one it lacks."""
+    import ast
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from zoo import cli
+
+    folder = parity_dir("flextok")
+    source = folder / "official_state_dict.safetensors"
+    with safe_open(str(source), framework="pt") as f:
+        metadata = dict(f.metadata())
+    vae = ast.literal_eval(metadata["vae"])
+    vae["hf_hub_path"] = "EPFL-VILAB/flextok_vae_c16"
+    metadata["vae"] = str(vae)
+    spec = zoo.model_info("flextok-d12-d12-in1k")
+    state = load_file(source)
+    snap = offline_cache(spec.hub_file.repo_id,
+                         {"model.safetensors": lambda p: save_file(state, str(p), metadata=metadata)})
+    assert cli.main(["download", spec.name]) == 2  # the checkpoint is cached, the config of its VAE is not
+    err = capsys.readouterr().err
+    assert "EPFL-VILAB/flextok_vae_c16" in err and "config.json" in err, err
+    offline_cache("EPFL-VILAB/flextok_vae_c16",
+                  {"config.json": lambda p: p.write_text((folder / "vae_config.json").read_text())})
+    assert cli.main(["download", spec.name]) == 0
+    assert f"-> {snap / 'model.safetensors'}" in capsys.readouterr().out

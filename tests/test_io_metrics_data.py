@@ -44,7 +44,7 @@ def test_image_metrics():
 
 
 def test_audio_metrics_order_by_degradation():
-    clean = data.speech("heldout", n=1)[0][None]
+    clean = data.speech("test", n=1)[0][None]
     light = clean + 0.003 * torch.randn_like(clean)
     heavy = clean + 0.05 * torch.randn_like(clean)
     m_light = metrics.audio_metrics(light, clean, 24000)
@@ -57,21 +57,43 @@ def test_audio_metrics_order_by_degradation():
     assert metrics.mel_distance(clean, clean).item() == 0
 
 
-def test_speech_split_is_disjoint():
-    assert not set(data.TRAIN_VOICES) & set(data.HELD_OUT_VOICES)
-    train_texts = set(data.sentences(24, seed=0))
-    assert len(train_texts) == 24 and data.sentences(24, seed=0) == data.sentences(24, seed=0)
-    clips = data.speech("heldout")
+def test_speech_splits_are_disjoint():
+    items = {split: data.speech_items(split) for split in data.SPLITS}
+    for a, b in ((a, b) for i, a in enumerate(data.SPLITS) for b in data.SPLITS[i + 1:]):
+        for field in (0, 1):  # voices, sentences
+            shared = {item[field] for item in items[a]} & {item[field] for item in items[b]}
+            assert not shared, (a, b, shared)
+    assert [len(items[s]) for s in data.SPLITS] == [240, 12, 24]
+    clips = data.speech("test")
     assert len(clips) == 24 and all(c.ndim == 1 and c.abs().max() <= 1 for c in clips)
-    with pytest.raises(ValueError, match="split"):
-        data.speech("test")
+    # the clips are the items: a clip spoken again from its item is the same audio
+    voice, text, speed, pitch = items["test"][5]
+    with zio.atomic_path(data.cache_dir() / "check.wav") as tmp:
+        data._speak(text, voice, speed, pitch, tmp)
+        wav, rate = zio.load_audio(tmp)
+    assert torch.equal(zio.resample(wav.mean(0), rate, data.SPEECH_SAMPLE_RATE), clips[5])
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.speech("heldout")
 
 
-def test_photos_and_digits_splits():
-    held = data.photos("heldout")
-    train = data.photos("train")
-    assert set(held) == set(data.HELD_OUT_PHOTOS) and not set(held) & set(train)
-    assert all(v.shape[0] == 3 and 0 <= v.min() and v.max() <= 1 for v in held.values())
-    x, y = data.digits("train")
-    xh, yh = data.digits("heldout")
-    assert x.shape == (1500, 1, 8, 8) and xh.shape == (297, 1, 8, 8) and set(yh.tolist()) == set(range(10))
+def _fingerprints(images) -> set[bytes]:
+    """Content hashes of images brought to 16 x 16 (the same picture under another name is caught)."""
+    out = set()
+    for img in images:
+        small = torch.nn.functional.interpolate(img[None].float(), size=(16, 16), mode="area")
+        out.add((small * 32).round().to(torch.uint8).numpy().tobytes())
+    return out
+
+
+def test_photos_and_digits_splits_are_disjoint():
+    photos = {split: data.photos(split) for split in data.SPLITS}
+    assert set(photos["test"]) == set(data.HELD_OUT_PHOTOS)
+    assert all(v.shape[0] == 3 and 0 <= v.min() and v.max() <= 1 for p in photos.values() for v in p.values())
+    digits = {split: data.digits(split) for split in data.SPLITS}
+    assert [len(digits[s][0]) for s in data.SPLITS] == [1300, 200, 297]
+    assert set(digits["test"][1].tolist()) == set(range(10)) == set(digits["validation"][1].tolist())
+    for a, b in ((a, b) for i, a in enumerate(data.SPLITS) for b in data.SPLITS[i + 1:]):
+        assert not set(photos[a]) & set(photos[b]), (a, b)
+        assert not _fingerprints(photos[a].values()) & _fingerprints(photos[b].values()), (a, b)
+        da = {x.numpy().tobytes() for x in digits[a][0]}
+        assert not da & {x.numpy().tobytes() for x in digits[b][0]}, (a, b)  # no identical digit in two splits

@@ -54,6 +54,11 @@ def best_tile_grid(image_hw, pinpoints, tile_size) -> tuple[int, int]:
     return best[0] // tile_size, best[1] // tile_size
 
 
+# The official early / late-layer CLS attention (values up to 0.75): measured within 1.5e-7 (CPU, torch 2.14.1), 4x.
+# The fixture's top-k margins are at least 7.4e-6, so this also keeps every selection away from a tie.
+CLS_ATTN_ATOL = 6e-7
+
+
 def random_vit(**overrides):
     torch.manual_seed(0)
     small = dict(img_size=32, patch_size=4, embed_dim=48, depth=4)
@@ -69,8 +74,8 @@ def test_llava_next_parity(fixture, case):
         sel = hired.select(model, io["hired.tiles"], c["token_budget_rate"], alpha=c["alpha"],
                            num_views=h["tiles"]["num_patches"], top_layer=h["top_layer"],
                            bottom_layer=h["bottom_layer"])
-    torch.testing.assert_close(sel.cls_attn_top, io[h["tensors"]["cls_attn_top"]], rtol=0, atol=1e-5)
-    torch.testing.assert_close(sel.cls_attn_bottom, io[h["tensors"]["cls_attn_bottom"]], rtol=0, atol=1e-5)
+    torch.testing.assert_close(sel.cls_attn_top, io[h["tensors"]["cls_attn_top"]], rtol=0, atol=CLS_ATTN_ATOL)
+    torch.testing.assert_close(sel.cls_attn_bottom, io[h["tensors"]["cls_attn_bottom"]], rtol=0, atol=CLS_ATTN_ATOL)
     expected = torch.cat([io[c["masks"][f"image{i}"]] for i in range(len(h["tiles"]["num_patches"]))])
     assert torch.equal(sel.mask, expected)
     assert sel.budgets.tolist() == sum(c["tokens_kept_per_tile"], [])
@@ -82,7 +87,7 @@ def test_llava_next_parity(fixture, case):
                                              intermediates_only=True, output_fmt="NLC")[0]
     for i, (feats, idx) in enumerate(zip(sel.features, sel.indices)):
         views = blocks_out[sum(sel.num_views[:i]):sum(sel.num_views[:i + 1])]
-        torch.testing.assert_close(feats, views[idx[:, 0], idx[:, 1]], rtol=0, atol=1e-5)
+        assert torch.equal(feats, views[idx[:, 0], idx[:, 1]])  # a gather of that output (measured: identical)
 
 
 @pytest.mark.parametrize("case", fixture_cases("llava15_cases"))
@@ -92,7 +97,7 @@ def test_llava15_parity(fixture, case):
     with torch.no_grad():
         sel = hired.select(model, io["images"], c["token_budget_rate"], bottom_layer=meta["hired"]["bottom_layer"])
     torch.testing.assert_close(sel.cls_attn_bottom, io[meta["hired"]["tensors"]["llava15_cls_attn_bottom"]],
-                               rtol=0, atol=1e-5)
+                               rtol=0, atol=CLS_ATTN_ATOL)
     assert torch.equal(sel.mask, io[c["mask"]])
     assert sel.mask.sum(1).tolist() == c["tokens_kept"] and sel.cls_attn_top is None
     assert [idx[:, 0].max().item() for idx in sel.indices] == [0] * io["images"].shape[0]  # one view per image

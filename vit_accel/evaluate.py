@@ -25,7 +25,7 @@ from .patch import patch, unpatch
 
 
 def digits(split: str, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """zoo.data digits (train: first 1,500; heldout: last 297) as ``(N, 3, size, size)`` in [0, 1] and labels.
+    """zoo.data digits (train 0-1,299, validation 1,300-1,499, test 1,500-1,796) as ``(N, 3, size, size)`` in [0, 1] and labels.
 
     The 8x8 images are upsampled bilinearly and repeated to 3 channels.
     """
@@ -160,7 +160,8 @@ def markdown(rows: list[Result]) -> str:
 BASE_MODEL, ROUTING_MODEL = "vit-tiny-digits", "vit-tiny-digits-routing"
 
 
-def digits_table(model: AcceleratedViT, levels: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+def digits_table(model: AcceleratedViT, levels: dict[str, list[dict[str, Any]]] | None = None,
+                 split: str = "test") -> dict[str, Any]:
     """`AcceleratedViT.evaluate` for the digits ViTs (`zoo eval vit-tiny-digits`): the `compare` table as a card's
     ``metrics`` block (plus ``results``: the `Result` rows).
 
@@ -187,11 +188,11 @@ def digits_table(model: AcceleratedViT, levels: dict[str, list[dict[str, Any]]] 
     else:
         raise ValueError(f"evaluate the unpatched digits ViT (this one carries {model.config.method!r}): every "
                          "method is applied to it in turn")
-    images, labels = digits("heldout")
+    images, labels = digits(split)
     rows = compare(base, images, labels, routed=routed, levels=LEVELS if levels is None else levels,
                    note=notes.append)
     description = (
-        f"Held-out digits: the last {len(labels)} images of scikit-learn digits (zoo.data.digits). Every vit_accel "
+        f"The {split} split of scikit-learn digits (zoo.data.digits: {len(labels)} images). Every vit_accel "
         f"method at several reduction levels on {base_name} (unpatched: the first row); routing rows: {routed_name}. "
         "MMACs / image: vit_accel.flops.count_macs (linear layers, convolutions and attention matmuls on the tokens "
         "each actually gets; routing: the mean over the images); agreement: the share of images whose predicted "

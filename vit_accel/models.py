@@ -81,9 +81,9 @@ class AcceleratedViT(ZooModel):
     def card_usage(self) -> str:
         return "logits = model(images)  # images in [0, 1], (B, 3, H, W)"
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
         """The digits ViTs: every token-reduction method at several levels on the held-out digits (MACs, top-1,
         agreement with the unpatched model; `zoo eval`; .evaluate.digits_table)."""
         from .evaluate import digits_table
 
-        return digits_table(self)
+        return digits_table(self, split=split)

@@ -1,6 +1,6 @@
 """The recipe of the digits ViTs (`vit-tiny-digits`, `vit-tiny-digits-routing`) on `zoo.training.train_loop`.
 
-Data: zoo.data digits (first 1,500 train; the last 297 held out, never seen here but for the final measurement),
+Data: zoo.data digits (train 0-1,299; validation 1,300-1,499 and test 1,500-1,796 are never trained on),
 upsampled to 32x32 (vit_accel.evaluate.digits), random affine augmentation; each epoch is one fixed shuffle (the
 same on every process, each process taking its share). AdamW with warmup + cosine, label smoothing, a complete
 checkpoint every epoch. With ``method="routing"`` the model gets token routers (vit_accel.routing) and the loss adds
@@ -126,7 +126,7 @@ def train(tc: DigitsTrainConfig, output_dir: str, resume: bool = False,
 
 def heldout_table(model: AcceleratedViT, name: str) -> dict:
     """The card's table: held-out top-1 (and, for routing, the executed block MACs)."""
-    images, labels = digits("heldout")
+    images, labels = digits("test")
     model.cpu()
     columns, row = ["model", "held-out top-1"], [name, f"{100 * top1(predict(model, images), labels):.2f} %"]
     description = f"Held-out digits: the last {len(labels)} images of scikit-learn digits (zoo.data.digits)."

@@ -359,7 +359,7 @@ class ZooModel(nn.Module, PyTorchModelHubMixin, library_name="tokzoo", tags=["to
     """
 
     config_class: ClassVar[type]
-    kind: ClassVar[str]  # "tokenizer" | "generator" | "autoencoder" | "accelerator" (as in zoo.registry.KINDS)
+    kind: ClassVar[str]  # "tokenizer" | "generator" | "autoencoder" | "accelerator" | "classifier" (registry.KINDS)
     modality: ClassVar[str]  # "image" | "audio"
     card_info: dict[str, Any]
 
@@ -411,10 +411,11 @@ class ZooModel(nn.Module, PyTorchModelHubMixin, library_name="tokzoo", tags=["to
     def card_usage(self) -> str:
         return "out = model(...)"
 
-    def evaluate(self) -> dict[str, Any]:
-        """Measure this model on its family's held-out data (what `zoo eval NAME` prints and ``--export`` puts in
-        the model card): a table ``{"description": str, "columns": [...], "rows": [[...], ...]}`` (families may
-        add more keys). Families override it, usually by delegating to their ``evaluate.py``."""
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
+        """Measure this model on its family's data of `split` (``"test"``: reported once, what `zoo eval NAME`
+        prints and ``--export`` puts in the model card; ``"validation"``: for choosing steps and settings): a table
+        ``{"description": str, "columns": [...], "rows": [[...], ...]}`` (families may add more keys). Families
+        override it, usually by delegating to their ``evaluate.py``."""
         raise NotImplementedError(
             f"{type(self).__name__} ({self.architecture}) has no held-out evaluation: its family adds one by "
             "overriding ZooModel.evaluate() (see zoo.evaluation)")
@@ -437,8 +438,11 @@ class ZooModel(nn.Module, PyTorchModelHubMixin, library_name="tokzoo", tags=["to
         return None
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        checkpoints.save_state_dict(self.state_dict(), Path(save_directory) / "model.safetensors",
-                                    metadata={"format": "pt", "architecture": self.architecture})
+        path = Path(save_directory) / "model.safetensors"
+        state = self.state_dict()
+        if checkpoints.holds_state_dict(path, state):
+            return  # the same weights are there already: keep the file (and its recorded sha256) as it is
+        checkpoints.save_state_dict(state, path, metadata={"format": "pt", "architecture": self.architecture})
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
@@ -494,9 +498,11 @@ class Tokenizer(ZooModel):
         """``(B, L, K)`` codes in the order a sequence model reads them (see `Tokens.to_sequence`)."""
         return self.check_tokens(tokens).to_sequence()
 
-    def from_sequence(self, seq: torch.Tensor, *, lengths: torch.Tensor | None = None, **meta) -> Tokens:
-        """``(B, L, K)`` codes in reading order (e.g. generated) -> `Tokens` this tokenizer decodes."""
-        grid = self.grid_size() if self.token_layout in ("grid", "residual_grid") else None
+    def from_sequence(self, seq: torch.Tensor, *, lengths: torch.Tensor | None = None,
+                      grid_size: tuple[int, int] | None = None, **meta) -> Tokens:
+        """``(B, L, K)`` codes in reading order (e.g. generated) -> `Tokens` this tokenizer decodes; grid layouts
+        take `grid_size` ``(H, W)`` (default: the grid of the default input size)."""
+        grid = (grid_size or self.grid_size()) if self.token_layout in ("grid", "residual_grid") else None
         tokens = Tokens.from_sequence(seq, self.token_layout, self.vocab_sizes, grid, lengths)
         return self.make_tokens(tokens.codes, tokens.lengths, **meta)
 
@@ -682,7 +688,9 @@ class Generator(ZooModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self._paired: ZooModel | None = None
+        # a plain reference, not a registered submodule: the tokenizer's weights are not part of this model's
+        # state_dict, save_pretrained, cast or parameter count
+        object.__setattr__(self, "_paired", None)
 
     @property
     def tokenizer_name(self) -> str:
@@ -691,12 +699,23 @@ class Generator(ZooModel):
             raise ValueError(f"{self.name or self.architecture}: its config names no paired tokenizer")
         return name
 
+    def check_pairing(self, model: ZooModel) -> None:
+        """Raise `ValueError` if `model` cannot be this generator's paired model (families check vocabularies)."""
+
+    def pair(self, model: ZooModel) -> "Generator":
+        """Decode through this tokenizer / autoencoder instance (one built in memory, e.g. at a tiny size) instead of
+        loading ``config.tokenizer`` by name."""
+        self.check_pairing(model)
+        object.__setattr__(self, "_paired", model)
+        return self
+
     def paired_model(self) -> ZooModel:
-        """The paired tokenizer / autoencoder, loaded with `zoo.load` on first use, on this model's device."""
+        """The paired tokenizer / autoencoder: the one given to `pair`, else ``zoo.load(config.tokenizer)`` on first
+        use, on this model's device."""
         if self._paired is None:
             from .hub import load
 
-            self._paired = load(self.tokenizer_name, device=self.device)
+            self.pair(load(self.tokenizer_name, device=self.device))
         return self._paired
 
     def item_labels_and_seeds(self, labels, num_samples: int, seed) -> tuple[torch.Tensor | None, list | None]:

@@ -55,6 +55,14 @@ From a shell: `zoo encode {{ load_name }} INPUT -o tokens.safetensors`, then
 {% if origin_url %}- Original repository: {{ origin_url }}
 {% endif %}{% if paper %}- Paper: {{ paper }}
 {% endif %}{% endif %}
+{% if splits %}
+## Data
+
+| split | data |
+|---|---|
+{% for key, value in splits %}| {{ key }} | {{ value }} |
+{% endfor %}
+{% endif %}
 {% if limitations %}
 ## Limitations
 
@@ -136,6 +144,7 @@ def render(spec: ModelSpec | None, *, facts: dict[str, Any], title: str, load_na
         citation=spec.citation if spec is not None else "",
         notes=spec.notes if spec is not None else "",
         limitations=spec.limitations if spec is not None else "",
+        splits=list(spec.splits.items()) if spec is not None else [],
     )
 
 

@@ -143,6 +143,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def holds_state_dict(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether the safetensors file at `path` holds exactly `state_dict` (keys, dtypes, values)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        stored = load_file(str(path))
+    except (SafetensorError, OSError, ValueError):
+        return False
+    return stored.keys() == state_dict.keys() and all(
+        stored[k].dtype == v.dtype and torch.equal(stored[k], v.detach().cpu()) for k, v in state_dict.items())
+
+
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
                     metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (contiguous, detached, CPU copies of the tensors)."""

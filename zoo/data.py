@@ -1,11 +1,17 @@
-"""Small real datasets with fixed, documented train / held-out splits.
+"""Small real datasets with three fixed, documented, disjoint splits each (`SPLITS`):
+
+* ``train``: what models are trained on;
+* ``validation``: for choosing steps, guidance, thresholds (never trained on);
+* ``test``: reported once, never tuned on.
 
 * `speech`: English sentences spoken by espeak-ng (Debian package ``espeak-ng``) in several voices, resampled to
-  24 kHz. Split by voice *and* sentence: held-out clips use voices and sentences never seen in training.
+  24 kHz. Split by voice *and* sentence: each split has its own voices and its own sentences.
   Generated once and cached under ``$TOKZOO_CACHE`` (default ``~/.cache/tokzoo``).
 * `photos`: the photographs shipped with scikit-image and the two with scikit-learn (``china``, ``flower``);
-  held out by name (`HELD_OUT_PHOTOS`, scikit-image's astronaut, coffee and chelsea).
-* `digits`: scikit-learn's 8x8 handwritten digits (1,797 images); the last 297 are held out.
+  split by picture: validation is scikit-image's stereo motorcycle (left view), test its astronaut, coffee and
+  chelsea.
+* `digits`: scikit-learn's 8x8 handwritten digits (1,797 images, no two identical): 0-1,299 train, 1,300-1,499
+  validation, 1,500-1,796 test.
 * `samples`: a few held-out inputs committed with the package (``zoo/samples/``), for `zoo demo` on a machine
   without espeak-ng or scikit-image: four held-out speech clips and the three held-out photos (128 px).
 """
@@ -26,7 +32,14 @@ from . import io as zio
 SPEECH_SAMPLE_RATE = 24000
 TRAIN_VOICES = ("en-us", "en-gb", "en-us+f2", "en-gb-scotland", "en-029+m4", "en-us-nyc+f4", "en-gb-x-rp+m2",
                 "en+f3", "en-gb+m5", "en-us+f5")
-HELD_OUT_VOICES = ("en-gb-x-gbclan+f1", "en-us+m7")
+HELD_OUT_VOICES = ("en-gb-x-gbclan+f1", "en-us+m7")  # the test voices
+VALIDATION_VOICES = ("en-gb-x-gbcwmd+m3",)
+SPLITS = ("train", "validation", "test")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 _SUBJECTS = ("the old man", "a young girl", "my brother", "the teacher", "our neighbour", "the little dog",
              "a tired driver", "the farmer", "her mother", "the pilot", "a quiet student", "the baker")
@@ -64,58 +77,83 @@ def _speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
                        check=True, capture_output=True)
 
 
-def speech(split: str, n: int | None = None) -> list[torch.Tensor]:
-    """Mono 24 kHz speech clips ``(T,)`` for ``split`` in {"train", "heldout"}.
-
-    train: 10 voices x 24 sentences (240 clips, about 12 minutes); heldout: 2 other voices x 12 other sentences
-    (24 clips). Speaking rate and pitch vary per clip (seeded).
-    """
+def split_texts(split: str) -> list[str]:
+    """The sentences of a speech split (train: 24; validation and test: 12 each, never in another split)."""
+    _check_split(split)
+    train = sentences(24, seed=0)
     if split == "train":
-        voices, texts, seed = TRAIN_VOICES, sentences(24, seed=0), 1
-    elif split == "heldout":
-        train_texts = set(sentences(24, seed=0))
-        texts = [s for s in sentences(60, seed=7) if s not in train_texts][:12]
-        voices, seed = HELD_OUT_VOICES, 2
-    else:
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        return train
+    test = [s for s in sentences(60, seed=7) if s not in set(train)][:12]
+    if split == "test":
+        return test
+    return [s for s in sentences(80, seed=11) if s not in set(train) | set(test)][:12]
+
+
+def speech_items(split: str) -> list[tuple[str, str, int, int]]:
+    """``(voice, sentence, speed, pitch)`` of every clip of a speech split, in order (`speech` speaks these)."""
+    texts = split_texts(split)  # checks the split name
+    voices, seed = {"train": (TRAIN_VOICES, 1), "validation": (VALIDATION_VOICES, 3), "test": (HELD_OUT_VOICES, 2)}[split]
     rng = random.Random(seed)
+    items = []
+    for voice in voices:
+        for text in texts:
+            speed, pitch = rng.randint(140, 190), rng.randint(30, 70)
+            items.append((voice, text, speed, pitch))
+    return items
+
+
+def speech(split: str, n: int | None = None) -> list[torch.Tensor]:
+    """Mono 24 kHz speech clips ``(T,)`` of a split (`SPLITS`), the first `n` of `speech_items`.
+
+    train: 10 voices x 24 sentences (240 clips, about 12 minutes); validation: 1 other voice x 12 other sentences;
+    test: 2 other voices x 12 other sentences (24 clips). Speaking rate and pitch vary per clip (seeded).
+    """
     folder = cache_dir() / "speech" / split
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
-    items = [(v, t) for v in voices for t in texts]
-    for voice, text in items[:n]:
-        speed, pitch = rng.randint(140, 190), rng.randint(30, 70)
+    for voice, text, speed, pitch in speech_items(split)[:n]:
         key = hashlib.sha1(f"{voice}|{speed}|{pitch}|{text}".encode()).hexdigest()[:16]
         path = folder / f"{key}.wav"
         if not path.exists():
             _speak(text, voice, speed, pitch, path)
         wav, sr = zio.load_audio(path)
-        clips.append(zio.resample(wav.mean(0), sr, SPEECH_SAMPLE_RATE))
+        clip = zio.resample(wav.mean(0), sr, SPEECH_SAMPLE_RATE)
+        peak = float(clip.abs().max())
+        clips.append(clip / peak if peak > 1 else clip)  # resampling can overshoot a full-scale clip slightly
     return clips
 
 
-HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")
+HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")  # the test photos
+VALIDATION_PHOTOS = ("motorcycle",)  # scikit-image's stereo_motorcycle, left view
 # Every photograph scikit-image ships without a download ("cat" is left out: it is the same picture as "chelsea").
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text")
 SKLEARN_PHOTOS = ("china", "flower")  # sklearn.datasets.load_sample_images: two colour photographs
 
 
+def photo_names(split: str) -> tuple[str, ...]:
+    _check_split(split)
+    if split == "test":
+        return HELD_OUT_PHOTOS
+    if split == "validation":
+        return VALIDATION_PHOTOS
+    return tuple(p for p in PHOTOS if p not in HELD_OUT_PHOTOS) + SKLEARN_PHOTOS
+
+
 def photos(split: str) -> dict[str, torch.Tensor]:
-    """Photographs as float ``(3, H, W)`` in [0, 1]; grey images are repeated to 3 channels."""
+    """Photographs of a split (`SPLITS`) as float ``(3, H, W)`` in [0, 1]; grey images are repeated to 3
+    channels."""
     import numpy as np
     from skimage import data as skdata
 
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    names = HELD_OUT_PHOTOS if split == "heldout" else tuple(p for p in PHOTOS if p not in HELD_OUT_PHOTOS)
-    names += () if split == "heldout" else SKLEARN_PHOTOS
     out = {}
-    for name in names:
+    for name in photo_names(split):
         if name in SKLEARN_PHOTOS:
             from sklearn.datasets import load_sample_image
 
             array = np.asarray(load_sample_image(f"{name}.jpg"))
+        elif name == "motorcycle":
+            array = np.asarray(skdata.stereo_motorcycle()[0])
         else:
             array = np.asarray(getattr(skdata, name)())
         if array.ndim == 2:
@@ -126,17 +164,19 @@ def photos(split: str) -> dict[str, torch.Tensor]:
     return out
 
 
+DIGIT_SPLITS = {"train": slice(0, 1300), "validation": slice(1300, 1500), "test": slice(1500, None)}
+
+
 def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn digits: images ``(N, 1, 8, 8)`` in [0, 1] and labels ``(N,)``; the last 297 are held out."""
+    """scikit-learn digits of a split (`DIGIT_SPLITS`): images ``(N, 1, 8, 8)`` in [0, 1] and labels ``(N,)``."""
     from sklearn.datasets import load_digits
 
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    _check_split(split)
     d = load_digits()
     images = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     labels = torch.tensor(d.target)
-    cut = 1500
-    return (images[:cut], labels[:cut]) if split == "train" else (images[cut:], labels[cut:])
+    part = DIGIT_SPLITS[split]
+    return images[part], labels[part]
 
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
@@ -152,3 +192,68 @@ def samples(modality: str) -> dict[str, tuple]:
     if modality == "audio":
         return {f.stem: zio.load_audio(f) for f in files}
     return {f.stem: (zio.load_image(f),) for f in files}
+
+
+FASHION_MNIST_DIR = Path(os.environ.get("TOKZOO_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+FASHION_MNIST_VALIDATION = 5000  # the last images of the official train file
+
+
+def _read_idx(path: Path):
+    """An IDX file (optionally gzipped) as a numpy array: magic (0, 0, dtype code, ndim), big-endian dims, data."""
+    import gzip
+
+    import numpy as np
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: {data.size} values for dimensions {dims} (truncated?)")
+    return data.reshape(dims)
+
+
+def fashion_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST (Debian ``dataset-fashion-mnist``: the official IDX files under `FASHION_MNIST_DIR`) as images
+    ``(N, 1, 28, 28)`` float in [0, 1] and labels ``(N,)`` int64 (`FASHION_MNIST_CLASSES`).
+
+    Splits: train = the official train file but its last 5,000 images (55,000), validation = those 5,000, test = the
+    official test file (10,000)."""
+    _check_split(split)
+    stem = "t10k" if split == "test" else "train"
+    paths = [FASHION_MNIST_DIR / f"{stem}-{kind}-idx{n}-ubyte.gz" for kind, n in (("images", 3), ("labels", 1))]
+    paths = [p if p.exists() else p.with_suffix("") for p in paths]  # gzipped or not
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"Fashion-MNIST not found ({', '.join(missing)}): install Debian's "
+                                f"dataset-fashion-mnist, or point TOKZOO_FASHION_MNIST at the official IDX files")
+    images = torch.from_numpy(_read_idx(paths[0]).copy()).float().div_(255)[:, None]
+    labels = torch.from_numpy(_read_idx(paths[1]).astype("int64"))
+    if split != "test":
+        cut = len(images) - FASHION_MNIST_VALIDATION
+        part = slice(0, cut) if split == "train" else slice(cut, None)
+        images, labels = images[part], labels[part]
+    return images, labels
+
+
+def fashion_mnist_rgb32(images: torch.Tensor) -> torch.Tensor:
+    """Fashion-MNIST ``(N, 1, 28, 28)`` -> the zoo's image form for its tokenizers: ``(N, 3, 32, 32)`` in [0, 1], the
+    28 x 28 picture centred on a black 2-pixel border, grey repeated to RGB (`fashion_mnist_gray28` inverts it)."""
+    return torch.nn.functional.pad(images, (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
+
+
+def fashion_mnist_gray28(images: torch.Tensor) -> torch.Tensor:
+    """Any generated ``(N, 3, H, W)`` in [0, 1] -> ``(N, 1, 28, 28)`` as the Fashion-MNIST classifier reads it:
+    channels averaged, brought to 32 x 32 if needed (box average when larger, bilinear when smaller), the centre
+    28 x 28 kept."""
+    gray = images.float().mean(1, keepdim=True)
+    if gray.shape[-2:] != (32, 32):
+        mode = "area" if min(gray.shape[-2:]) >= 32 else "bilinear"
+        gray = torch.nn.functional.interpolate(gray, size=(32, 32), mode=mode).clamp(0, 1)
+    return gray[..., 2:30, 2:30]

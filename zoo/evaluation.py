@@ -42,6 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="RUN", help="with --checkpoint: the run folder (default: from the checkpoint path)")
     p.add_argument("--export", metavar="DIR", help="write the model in zoo layout here, the table in its card")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    p.add_argument("--split", default="test", choices=("test", "validation"),
+                   help="test (default; reported once, what cards show) or validation (for choosing settings)")
     p.add_argument("--json", metavar="FILE", help="also write the rows (one object per row) to this file")
     p.set_defaults(func=run)
     return p
@@ -100,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
     """``zoo eval``: load, `evaluate`, print; ``--json`` writes the rows, ``--export`` the model with its card."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.export and args.split != "test":
+        raise ValueError("--export writes the test table into the card: drop --split validation")
     model = load_model(args).eval()
     try:
-        table = model.evaluate()
+        table = model.evaluate(split=args.split)
     except NotImplementedError as err:
         print(f"zoo eval: error: {err}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 ENTRY_POINT_GROUP = "tokzoo.models"
 
-KINDS = ("tokenizer", "generator", "accelerator", "autoencoder")
+KINDS = ("tokenizer", "generator", "accelerator", "autoencoder", "classifier")
 MODALITIES = ("audio", "image")
 
 
@@ -103,6 +103,7 @@ class ModelSpec:
     tags: tuple[str, ...] = ()
     notes: str = ""
     limitations: str = ""  # what the model cannot do, said plainly (shown by `zoo demo` and in the card)
+    splits: Mapping[str, str] = field(default_factory=dict)  # trained here: {"train", "validation", "test"} -> what
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
@@ -115,10 +116,16 @@ class ModelSpec:
             raise ValueError(f"{self.name}: give either bundled weights or a hub_file, not both")
         if self.bundled and not self.sha256:
             raise ValueError(f"{self.name}: bundled weights need the sha256 of their model.safetensors")
+        if self.bundled and set(self.splits) != {"train", "validation", "test"}:
+            raise ValueError(f"{self.name}: a model trained here states its train / validation / test data (splits=)")
         if self.kind == "generator" and not self.tokenizer:
             raise ValueError(f"{self.name}: a generator names its paired tokenizer (tokenizer=...)")
         # Freeze the config so a caller cannot mutate the registry through a returned spec.
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+        object.__setattr__(self, "splits", MappingProxyType(dict(self.splits)))
+
+    def __deepcopy__(self, memo) -> "ModelSpec":
+        return self  # frozen and immutable (its mappings are read-only views): copies of a model share it
 
     @property
     def has_weights(self) -> bool:
@@ -131,7 +138,7 @@ class ModelSpec:
             value = getattr(self, f.name)
             if f.name in ("filter_fn", "config_from_checkpoint"):
                 value = None if value is None else f"{value.__module__}.{value.__qualname__}"
-            elif f.name == "config":
+            elif f.name in ("config", "splits"):
                 value = dict(value)
             elif f.name == "hub_file" and value is not None:
                 value = dataclasses.asdict(value)

@@ -17,9 +17,14 @@ from zoo import data, metrics
 
 from .model import WavTokenizer
 
-HELD_OUT_DESCRIPTION = (
-    "Held-out espeak-ng speech: 24 clips, 2 voices and 12 sentences never seen in training (zoo.data.speech), "
-    "24 kHz. mel = log-mel L1 distance, stft = multi-resolution STFT distance (both lower is better), "
+SPLIT_DESCRIPTION = {
+    "test": "The test split of zoo.data.speech (espeak-ng): 24 clips, 2 voices and 12 sentences never seen in "
+            "training or validation",
+    "validation": "The validation split of zoo.data.speech (espeak-ng): 12 clips, 1 voice and 12 sentences never "
+                  "seen in training or test",
+}
+METRICS_DESCRIPTION = (
+    ", 24 kHz. mel = log-mel L1 distance, stft = multi-resolution STFT distance (both lower is better), "
     "si_sdr in dB, stoi = classic STOI (pystoi), pesq = wide-band PESQ at 16 kHz."
 )
 
@@ -80,9 +85,9 @@ class MelVQGriffinLim:
 
 
 def reference_table(model: WavTokenizer, heldout: list[torch.Tensor] | None = None,
-                    train_clips: list[torch.Tensor] | None = None) -> dict:
-    """The model and both references on held-out speech, as the ``metrics`` block of a model card."""
-    heldout = heldout if heldout is not None else data.speech("heldout")
+                    train_clips: list[torch.Tensor] | None = None, split: str = "test") -> dict:
+    """The model and both references on the speech of `split`, as the ``metrics`` block of a model card."""
+    heldout = heldout if heldout is not None else data.speech(split)
     train_clips = train_clips if train_clips is not None else data.speech("train")
     results = {"this model": evaluate(model, heldout)}
     results["same model, untrained"] = evaluate(untrained_reference(model, train_clips), heldout)
@@ -90,5 +95,5 @@ def reference_table(model: WavTokenizer, heldout: list[torch.Tensor] | None = No
     results["mel-VQ + Griffin-Lim"] = mean_metrics([plain.reconstruct(c) for c in heldout], heldout, model.sample_rate)
     keys = list(results["this model"])
     rows = [[name, f"{model.bitrate:.0f}", *[round(r[k], 4) for k in keys]] for name, r in results.items()]
-    return {"description": HELD_OUT_DESCRIPTION, "columns": ["model", "bit/s", *keys], "rows": rows,
+    return {"description": SPLIT_DESCRIPTION[split] + METRICS_DESCRIPTION, "columns": ["model", "bit/s", *keys], "rows": rows,
             "values": results}

@@ -390,9 +390,9 @@ class WavTokenizer(AudioTokenizer):
         codes = self._unpack(tokens, None)[0]
         return self.codes_to_features(codes).transpose(1, 2).float()
 
-    def evaluate(self) -> dict:
+    def evaluate(self, split: str = "test") -> dict:
         """Held-out speech: this model, the same model untrained and a mel-VQ + Griffin-Lim codec at the same
         bitrate (`zoo eval`; .evaluate.reference_table)."""
         from .evaluate import reference_table
 
-        return reference_table(self)
+        return reference_table(self, split=split)

@@ -506,9 +506,9 @@ class FlexTok(ImageTokenizer):
             f"recon = tok.decode(tokens.codes[:, :{max(1, n // 8)}], seed=0)  # any prefix decodes"
         )
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
         """Held-out photos: PSNR / SSIM at k = 1, 4, 16, ... tokens against bicubic thumbnails of about the same
         bits (`zoo eval`; .evaluate.reference_table)."""
         from .evaluate import reference_table
 
-        return reference_table(self)
+        return reference_table(self, split=split)

@@ -87,12 +87,12 @@ class FlexTokVAE(ZooModel):
         return (f"latents = model.encode(img)   # (B, C, H/{self.downsample}, W/{self.downsample}), unscaled posterior "
                 "mode\nimg = model.decode(latents)")
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
         """Held-out photos: PSNR / SSIM of the reconstructions against bicubic thumbnails (`zoo eval`;
         .evaluate.vae_table)."""
         from .evaluate import vae_table
 
-        return vae_table(self)
+        return vae_table(self, split=split)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: FlexTokVAE) -> dict[str, torch.Tensor]:

@@ -1,0 +1,80 @@
+"""Autoregressive GPT generators: LlamaGen's class-conditional GPTs (FoundationVision/LlamaGen), registered with
+their official checkpoints, and the same architecture for any single-codebook tokenizer (`ARGenerator`)."""
+
+from zoo.registry import HubFile, ModelSpec, register_model
+
+from .convert import checkpoint_filter_fn, config_from_official, to_official, to_official_config
+from .model import ARConfig, ARGenerator, filter_logits
+
+__all__ = ["ARConfig", "ARGenerator", "checkpoint_filter_fn", "config_from_official", "filter_logits", "to_official",
+           "to_official_config"]
+
+CITATION = """@article{sun2024autoregressive,
+  title   = {Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation},
+  author  = {Sun, Peize and Jiang, Yi and Chen, Shoufa and Zhang, Shilong and Peng, Bingyue and Luo, Ping and
+             Yuan, Zehuan},
+  journal = {arXiv preprint arXiv:2406.06525},
+  year    = {2024}
+}"""
+
+REPO = "FoundationVision/LlamaGen"
+# The newest commit of the Hub repo in the stored snapshot of its history ("Upload vq_ds16_c2i_training.pt"); the
+# c2i files were last changed in dc1fec543f6ac82e0cb9bbed058d5eaa26a30e6e ("add c2i models") and are the same here.
+REVISION = "81e41139272c038412e4fe8f1c52a51ebbf95b8b"
+TOKENIZER = "llamagen-vq-ds16-c2i"
+
+# (layers, heads, width) of the official GPT_* factories; eval CFG scales of GETTING_STARTED.md
+SIZES = {"b": (12, 12, 768), "l": (24, 16, 1024), "xl": (36, 20, 1280), "xxl": (48, 24, 1536), "3b": (24, 32, 3200)}
+CFG = {"b": 2.0, "l": 2.0, "xl": 1.75, "xxl": 1.75, "3b": 1.65}
+PARAMS = {"b": "111M", "l": "343M", "xl": "775M", "xxl": "1.4B", "3b": "3.1B"}
+
+# (size, image size) -> (file, README FID-50k at 256 px, training, sha256 where the Hub page of the file was stored)
+CHECKPOINTS = {
+    ("b", 256): ("c2i_B_256.pt", 5.46, "DDP", None),
+    ("b", 384): ("c2i_B_384.pt", 6.09, "DDP", None),
+    ("l", 256): ("c2i_L_256.pt", 3.80, "DDP", None),
+    ("l", 384): ("c2i_L_384.pt", 3.07, "DDP", None),
+    ("xl", 384): ("c2i_XL_384.pt", 2.62, "DDP", "736cb92bebdcb16737dbd35210a07ae4f7fd001cdfd55b26205d89182d1807ba"),
+    ("xxl", 384): ("c2i_XXL_384.pt", 2.34, "FSDP", "cba5a780b9d2394386e7410c630bced3a70e109cf7107e1783c9a986e9e7754e"),
+    ("3b", 384): ("c2i_3B_384.pt", 2.18, "FSDP", None),
+}
+
+_ARCH = dict(n_kv_head=None, multiple_of=256, ffn_dim_multiplier=None, rope_base=10000.0, norm_eps=1e-5,
+             initializer_range=0.02, vocab_size=16384, num_classes=1000, cls_token_num=1, class_dropout_prob=0.1,
+             token_dropout_p=0.1, attn_dropout_p=0.0, resid_dropout_p=0.1, ffn_dropout_p=0.1, drop_path_rate=0.0,
+             modality="image", cfg_interval=-1, temperature=1.0, top_k=0, top_p=1.0)
+
+
+def _register(size: str, image_size: int) -> None:
+    file, fid, training, sha256 = CHECKPOINTS[(size, image_size)]
+    n_layer, n_head, dim = SIZES[size]
+    side = image_size // 16
+    config = dict(_ARCH, dim=dim, n_layer=n_layer, n_head=n_head, block_size=side * side, grid_size=(side, side),
+                  cfg_scale=CFG[size])
+    notes = (
+        f"Official {training} checkpoint `{file}` of the Hub repo {REPO}, pinned to commit {REVISION}"
+        + (" (sha256 checked)" if sha256 else " (its sha256 was not in the stored Hub pages: not checked)")
+        + f"; a pickle read with torch.load(weights_only=True) and converted at load time. It generates a "
+        f"{side} x {side} grid of {TOKENIZER} codes ({image_size} x {image_size} px). The defaults are the "
+        f"official FID settings (cfg {CFG[size]:g}, top-k 0, top-p 1.0, temperature 1.0); the official demo "
+        "(`sample_c2i.py`) uses cfg 4.0 and top-k 2000. FID-50k from the official README: "
+        f"{fid:.2f} on ImageNet 256 x 256" + (" (generated at 384 px, resized to 256)" if image_size == 384 else "")
+        + "; not measured here."
+    )
+    register_model(ModelSpec(
+        name=f"llamagen-gpt-{size}-c2i-{image_size}", family="ar", kind="generator", modality="image",
+        architecture="llamagen-gpt", config=config, tokenizer=TOKENIZER,
+        hub_file=HubFile(REPO, file, REVISION, sha256), filter_fn=checkpoint_filter_fn,
+        license="mit", paper="https://arxiv.org/abs/2406.06525", citation=CITATION,
+        origin_url="https://github.com/FoundationVision/LlamaGen",
+        description=f"LlamaGen-{size.upper()} ({PARAMS[size]} parameters): class-conditional ImageNet generator, a "
+                    f"Llama-style GPT over the {side} x {side} = {side * side} codes of the LlamaGen VQ tokenizer "
+                    f"(ds16, 16,384 codes), 1,000 classes, classifier-free guidance.",
+        codebook_size=16384, num_codebooks=1, tokens_per_item=f"{side * side} / image ({side} x {side})",
+        datasets=("imagenet-1k",), tags=("image-generator", "autoregressive", "class-conditional", "llamagen"),
+        notes=notes,
+    ))
+
+
+for _size, _image_size in CHECKPOINTS:
+    _register(_size, _image_size)

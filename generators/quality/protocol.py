@@ -1,0 +1,146 @@
+"""The generation benchmark, in one place: how every image generator of the zoo is scored on Fashion-MNIST.
+
+* The judge is `fashion-mnist-classifier`, trained on the train split (its test accuracy is the reference).
+* For a class-conditional generator: `per_class` samples of each of the 10 classes (seeds 0..per_class-1), at the
+  generator's chosen settings; **accuracy** = the share the classifier assigns to the conditioning class (to compare
+  with its accuracy on real test images), **Fréchet distance** = between the classifier's penultimate features of
+  the samples and of the real test set (10,000 images), as FID does with Inception features.
+* Reference rows: real train images (10,000, the first of the split) against the test set; the paired tokenizer's
+  reconstructions of the test set; and the same generator without CFG.
+* Speed: images/s at batch 1 and 64 (CPU unless the model is elsewhere).
+
+Images of any size and channel count are mapped to the classifier's 28 x 28 grey input by
+`zoo.data.fashion_mnist_gray28`; the tokenizers see Fashion-MNIST as `zoo.data.fashion_mnist_rgb32`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import torch
+
+import zoo
+from zoo import data
+
+CLASSIFIER = "fashion-mnist-classifier"
+COLUMNS = ["rows", "settings", "images", "accuracy %", "Fréchet distance", "images/s (batch 1 / 64)"]
+
+
+@functools.lru_cache(maxsize=1)
+def classifier():
+    return zoo.load(CLASSIFIER)
+
+
+@torch.inference_mode()
+def features_and_predictions(images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, torch.Tensor]:
+    """The classifier's penultimate features ``(N, D)`` (float64) and class ids ``(N,)`` of `images`."""
+    clf = classifier()
+    feats, preds = [], []
+    for i in range(0, len(images), batch_size):
+        f = clf.features(images[i: i + batch_size])
+        feats.append(f.double().cpu())
+        preds.append(clf.head(f).argmax(-1).cpu())
+    return torch.cat(feats).numpy(), torch.cat(preds)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``(N, D)`` and ``(M, D)``:
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` (symmetric eigen-decompositions, no complex
+    square roots)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
+
+
+@functools.lru_cache(maxsize=1)
+def real_test() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The test split's images, labels and classifier features."""
+    images, labels = data.fashion_mnist("test")
+    return images, labels, features_and_predictions(images)[0]
+
+
+def score(images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy (%) of the classifier on `images` against `labels`, and the Fréchet distance to the real test set."""
+    feats, preds = features_and_predictions(images)
+    return {"accuracy": round(100 * (preds == labels.cpu()).float().mean().item(), 2),
+            "frechet": round(frechet_distance(feats, real_test()[2]), 3), "images": len(images)}
+
+
+def reference_rows(tokenizer=None, n_train: int = 10000) -> list[list]:
+    """Real test and train images, and (given a tokenizer) its reconstructions of the test set."""
+    images, labels, _ = real_test()
+    rows = [_row("real test images", "-", score(images, labels))]
+    train, train_labels = data.fashion_mnist("train")
+    rows.append(_row(f"real train images (first {n_train})", "-", score(train[:n_train], train_labels[:n_train])))
+    if tokenizer is not None:
+        recon = torch.cat([tokenizer.reconstruct(data.fashion_mnist_rgb32(images[i: i + 500])).cpu()
+                           for i in range(0, len(images), 500)])
+        rows.append(_row(f"{tokenizer.name} reconstructions of the test set", "-", score(recon, labels)))
+    return rows
+
+
+def _row(name: str, settings: str, s: dict, speed: str = "-") -> list:
+    return [name, settings, s["images"], s["accuracy"], s["frechet"], speed]
+
+
+def sample_all(gen, per_class: int, batch_size: int = 250, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` samples of every class (sample k of a class uses seed k), in batches; images and labels."""
+    labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
+    seeds = list(range(per_class)) * gen.num_classes
+    out = []
+    for i in range(0, len(labels), batch_size):
+        out.append(gen.sample(labels[i: i + batch_size], seed=seeds[i: i + batch_size], **settings).cpu())
+    return torch.cat(out), labels
+
+
+def images_per_second(gen, batch: int, repeats: int = 2, **settings) -> float:
+    labels = torch.arange(batch) % gen.num_classes
+    gen.sample(labels[:1], seed=0, **settings)  # warm-up
+    start = time.perf_counter()
+    for r in range(repeats):
+        gen.sample(labels, seed=list(range(r * batch, (r + 1) * batch)), **settings)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def generator_rows(gen, per_class: int = 1000, settings: dict | None = None, speed: bool = True) -> list[list]:
+    """The generator's rows: samples at `settings` (its defaults when None), and the same without CFG."""
+    settings = dict(settings or {})
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
+    images, labels = sample_all(gen, per_class, **settings)
+    rate = "-"
+    if speed:
+        rate = f"{images_per_second(gen, 1, **settings):.2f} / {images_per_second(gen, 64, **settings):.1f}"
+    rows = [_row(f"{gen.name}", shown, score(images, labels), rate)]
+    no_cfg = {**settings, "cfg_scale": 1.0}
+    images, labels = sample_all(gen, per_class, **no_cfg)
+    rows.append(_row(f"{gen.name}, no CFG", ", ".join(f"{k} {v}" for k, v in no_cfg.items()), score(images, labels)))
+    return rows
+
+
+def generation_table(generators: list, per_class: int = 1000, settings: dict[str, dict] | None = None) -> dict:
+    """The one table: reference rows (with the first generator's paired tokenizer), then every generator."""
+    tokenizers = []
+    for gen in generators:
+        tok = gen.paired_model()
+        if tok.name not in [t.name for t in tokenizers]:
+            tokenizers.append(tok)
+    rows = reference_rows(tokenizers[0] if tokenizers else None)
+    for tok in tokenizers[1:]:
+        images, labels, _ = real_test()
+        recon = torch.cat([tok.reconstruct(data.fashion_mnist_rgb32(images[i: i + 500])).cpu()
+                           for i in range(0, len(images), 500)])
+        rows.append(_row(f"{tok.name} reconstructions of the test set", "-", score(recon, labels)))
+    for gen in generators:
+        rows += generator_rows(gen, per_class, (settings or {}).get(gen.name))
+    description = (
+        f"Fashion-MNIST, scored by {CLASSIFIER} (trained on the train split): accuracy = share of images the "
+        f"classifier assigns to their (conditioning) class; Fréchet distance between its penultimate features of "
+        f"the images and of the 10,000 real test images. Generators: {per_class} samples per class, sample k of a "
+        f"class with seed k. images/s: CPU, batch 1 / 64 (generation and decoding)."
+    )
+    return {"description": description, "columns": COLUMNS, "rows": rows}
