@@ -4,7 +4,6 @@ import dataclasses
 import os
 import stat
 
-import numpy as np
 import pytest
 import torch
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 from zoo import data, io as zio, metrics, registry
+from zoo.demo import sample_set
 
 from conftest import REPO
 
@@ -84,7 +84,7 @@ def test_readme_demo_runs_without_espeak_or_test_extras(tmp_path):
         if len(ks) > 1:  # a prefix-decodable tokenizer: more tokens, a better picture
             assert row[f"psnr@{ks[-1]}"] > row[f"psnr@{ks[0]}"] + 2
         scores = []
-        for photo in data.samples("image"):
+        for photo in data.samples("image", sample_set(registry.model_info(name))):
             grid = zio.load_image((tmp_path / row["folder"]) / f"{photo}_reconstruction.png")
             size = int(row["input"].split(",")[1].split("x")[0])
             original = grid[:, 2: 2 + size, 2: 2 + size]

@@ -24,7 +24,7 @@ from conftest import REPO, SHARED, TINY_OVERRIDES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ENTRIES = zoo.list_models("llamagen-gpt-*")
+ENTRIES = zoo.list_models("llamagen-gpt-*-c2i-*")
 
 
 def _fixture_cases() -> list[str]:

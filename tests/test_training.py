@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +15,8 @@ from accelerate.utils import ProjectConfiguration
 from tokenizers_audio.wavtokenizer.model import WavTokenizerConfig
 from tokenizers_audio.wavtokenizer.train import Discriminators, TrainConfig, model_from_checkpoint, train
 from zoo import training
-from zoo.checkpoints import read_state_dict
 
+from tests_helpers import assert_same_checkpoint, same
 from conftest import TINY_OVERRIDES
 
 CONFIG = dict(downsamples=(8, 5, 4, 2), n_fft=1280, hop_length=320,
@@ -61,39 +60,6 @@ def interrupt_after_save(monkeypatch):
 def accelerator_for(out) -> Accelerator:
     return Accelerator(project_config=ProjectConfiguration(project_dir=str(out), automatic_checkpoint_naming=True,
                                                            total_limit=2))
-
-
-def same(a, b, where: str = "") -> None:
-    """Recursive bit-equality of checkpoint contents (tensors, arrays, containers, plain values)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            same(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
-def assert_same_checkpoint(a: Path, b: Path) -> None:
-    """Every file of two checkpoint folders holds the same values: models, optimizers, schedulers, the step
-    counter, the RNG states, the complete marker."""
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for name in names:
-        if name.endswith(".safetensors"):
-            same(read_state_dict(a / name), read_state_dict(b / name), name)
-        elif name.endswith((".bin", ".pkl")):
-            load = lambda p: torch.load(p, weights_only=False)  # noqa: E731  (files this test just wrote)
-            same(load(a / name), load(b / name), name)
-        else:
-            assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 # ----------------------------------------------------------------------------------------------------------------

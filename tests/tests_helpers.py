@@ -2,11 +2,14 @@
 
 import json
 import re
+from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from zoo.checkpoints import read_state_dict
 
 _WT_ENCODER = "feature_extractor.encodec.encoder.model."
 _WT_CODEBOOK = "feature_extractor.encodec.quantizer.vq.layers.0._codebook."
@@ -57,3 +60,36 @@ def parity_checkpoint(folder, tmp_path):
     path = tmp_path / "official.ckpt"
     torch.save({"state_dict": state, "epoch": 1, "global_step": 10}, path)
     return path, config
+
+
+def same(a, b, where: str = "") -> None:
+    """Recursive bit-equality of checkpoint contents (tensors, arrays, containers, plain values)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    """Every file of two checkpoint folders holds the same values: models, optimizers, schedulers, the step
+    counter, the RNG states, the complete marker."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        if name.endswith(".safetensors"):
+            same(read_state_dict(a / name), read_state_dict(b / name), name)
+        elif name.endswith((".bin", ".pkl")):
+            load = lambda p: torch.load(p, weights_only=False)  # noqa: E731  (files this test just wrote)
+            same(load(a / name), load(b / name), name)
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name

@@ -685,6 +685,7 @@ class Generator(ZooModel):
 
     kind = "generator"
     num_classes: int | None = None  # class-conditional models: labels are 0..num_classes-1
+    label_names: tuple[str, ...] | None = None  # optional: a name per class
 
     def __init__(self, config):
         super().__init__(config)

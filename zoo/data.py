@@ -12,8 +12,9 @@
   chelsea.
 * `digits`: scikit-learn's 8x8 handwritten digits (1,797 images, no two identical): 0-1,299 train, 1,300-1,499
   validation, 1,500-1,796 test.
-* `samples`: a few held-out inputs committed with the package (``zoo/samples/``), for `zoo demo` on a machine
-  without espeak-ng or scikit-image: four held-out speech clips and the three held-out photos (128 px).
+* `samples`: a few test inputs committed with the package (``zoo/samples/``), for `zoo demo` on a machine without
+  espeak-ng, scikit-image or Fashion-MNIST: four test speech clips, the three test photos (128 px), and one
+  Fashion-MNIST test image of each class.
 """
 
 from __future__ import annotations
@@ -182,13 +183,20 @@ def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 
-def samples(modality: str) -> dict[str, tuple]:
+SAMPLE_SETS = ("fashion-mnist",)  # dataset-specific sample folders under zoo/samples/
+
+
+def samples(modality: str, dataset: str | None = None) -> dict[str, tuple]:
     """The bundled demo inputs of a modality, by file stem: ``{"speech_0": (wav (C, T), sample_rate), ...}`` for
-    ``"audio"``, ``{"astronaut": (image (3, H, W),), ...}`` for ``"image"``."""
+    ``"audio"``, ``{"astronaut": (image (3, H, W),), ...}`` for ``"image"``. `dataset` (one of `SAMPLE_SETS`):
+    test images of that dataset instead (``"fashion-mnist"``: one of each class, 32 x 32 as the tokenizers see
+    them)."""
     suffix = {"audio": ".wav", "image": ".png"}.get(modality)
     if suffix is None:
         raise ValueError(f"modality must be 'audio' or 'image', got {modality!r}")
-    files = sorted(SAMPLES_DIR.glob(f"*{suffix}"))
+    if dataset is not None and dataset not in SAMPLE_SETS:
+        raise ValueError(f"dataset must be one of {SAMPLE_SETS} or None, got {dataset!r}")
+    files = sorted((SAMPLES_DIR / dataset if dataset else SAMPLES_DIR).glob(f"*{suffix}"))
     if modality == "audio":
         return {f.stem: zio.load_audio(f) for f in files}
     return {f.stem: (zio.load_image(f),) for f in files}

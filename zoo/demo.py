@@ -42,8 +42,14 @@ def _audio_demo(tok, folder: Path) -> dict:
     return row
 
 
+def sample_set(spec: registry.ModelSpec) -> str | None:
+    """The bundled sample set a model is shown on: the one of a dataset it was trained on, else the photos."""
+    return next((d for d in data.SAMPLE_SETS if d in spec.datasets), None)
+
+
 def _image_demo(tok, folder: Path) -> dict:
-    samples = data.samples("image")
+    dataset = sample_set(tok.card_info["spec"])
+    samples = data.samples("image", dataset)
     start = time.perf_counter()
     tokens = tok.encode([img for img, in samples.values()])                        # the model's own resize rule
     size = tuple(tokens.meta.get("image_size") or (tok.input_size, tok.input_size))
@@ -60,7 +66,7 @@ def _image_demo(tok, folder: Path) -> dict:
         labels = ["original"] + [f"{k} tok" for k in ks]
         zio.save_image(folder / f"{name}_reconstruction.png", zio.image_grid(tiles, len(tiles), labels=labels))
     bits = n * sum(math.log2(v) for v in tokens.vocab_size_per_depth)  # n positions, each this many bits
-    row = {"input": f"{b} held-out photos, {size[0]} x {size[1]}",
+    row = {"input": f"{b} test {'photos' if dataset is None else dataset + ' images'}, {size[0]} x {size[1]}",
            "tokens": f"1..{n} per image" if tok.prefix_decodable else f"{n} per image",
            "bitrate": f"{bits:.0f} bit/image", "time_s": round(elapsed, 3)}
     for k, r in zip(ks, recon):

@@ -68,6 +68,7 @@ class ARConfig:
         modality: what the paired tokenizer decodes to ("image" or "audio").
         tokenizer: registry name of the paired tokenizer (filled from the ModelSpec by `zoo.load`), or None.
         cfg_scale, cfg_interval, temperature, top_k, top_p: sampling defaults (`generate` arguments left None).
+        label_names: a name per class (`zoo generate --class NAME`, grid captions), or None.
     """
 
     architecture: str = "llamagen-gpt"
@@ -98,10 +99,16 @@ class ARConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    label_names: tuple[str, ...] | None = None
 
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("cfg_scale", "cfg_interval", "temperature", "top_k", "top_p")
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("cfg_scale", "cfg_interval", "temperature", "top_k", "top_p",
+                                                 "label_names")
 
     def __post_init__(self):
+        if self.label_names is not None:
+            self.label_names = tuple(str(n) for n in self.label_names)
+            if len(self.label_names) != self.num_classes:
+                raise ValueError(f"label_names: one per class ({self.num_classes}), got {len(self.label_names)}")
         if self.grid_size is not None:
             self.grid_size = tuple(int(v) for v in self.grid_size)
             if len(self.grid_size) != 2 or self.grid_size[0] * self.grid_size[1] != self.block_size:
@@ -316,6 +323,7 @@ class ARGenerator(Generator):
         c = config
         self.modality = c.modality
         self.num_classes = c.num_classes or None
+        self.label_names = c.label_names
         self.cls_token_num, self.block_size = c.cls_token_num, c.block_size
         # registration order = the official one, so the official init under the same seed gives the same weights
         self.cls_embedding = ClassEmbedder(c.num_classes, c.dim, c.class_dropout_prob)
@@ -598,8 +606,15 @@ class ARGenerator(Generator):
                                  f"top-p {c.top_p:g}",
         }
 
+    def evaluate(self, split: str = "test", per_class: int = 1000) -> dict[str, Any]:
+        """Fashion-MNIST class-conditional generators: the zoo's generation table for this model (references, this
+        model at its settings and without CFG; generators.quality.protocol), against the real `split` images."""
+        from generators.quality import protocol
+
+        return protocol.generation_table([self], per_class=per_class, split=split)
+
     def card_usage(self) -> str:
-        cls = "[207, 360], " if self.num_classes else ""
+        cls = f"[0, {self.num_classes - 1}], " if self.num_classes else ""
         return (
             f"tokens = model.generate({cls}num_samples=2, seed=0)   # codes of the paired tokenizer; per-item seeds\n"
             f"images = model.sample({cls}num_samples=2, seed=0)     # generate, then decode through it"

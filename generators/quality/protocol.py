@@ -23,6 +23,7 @@ import torch
 
 import zoo
 from zoo import data
+from zoo.metrics import frechet_distance
 
 CLASSIFIER = "fashion-mnist-classifier"
 COLUMNS = ["rows", "settings", "images", "accuracy %", "Fréchet distance", "images/s (batch 1 / 64)"]
@@ -45,43 +46,35 @@ def features_and_predictions(images: torch.Tensor, batch_size: int = 500) -> tup
     return torch.cat(feats).numpy(), torch.cat(preds)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``(N, D)`` and ``(M, D)``:
-    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` (symmetric eigen-decompositions, no complex
-    square roots)."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
-
-
-@functools.lru_cache(maxsize=1)
-def real_test() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """The test split's images, labels and classifier features."""
-    images, labels = data.fashion_mnist("test")
+@functools.lru_cache(maxsize=2)
+def real(split: str = "test") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A split's images, labels and classifier features (``"test"``: the reference of the table; ``"validation"``:
+    for choosing settings)."""
+    images, labels = data.fashion_mnist(split)
     return images, labels, features_and_predictions(images)[0]
 
 
-def score(images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy (%) of the classifier on `images` against `labels`, and the Fréchet distance to the real test set."""
+def score(images: torch.Tensor, labels: torch.Tensor, split: str = "test") -> dict[str, float]:
+    """Accuracy (%) of the classifier on `images` against `labels`, and the Fréchet distance to the real `split`."""
     feats, preds = features_and_predictions(images)
     return {"accuracy": round(100 * (preds == labels.cpu()).float().mean().item(), 2),
-            "frechet": round(frechet_distance(feats, real_test()[2]), 3), "images": len(images)}
+            "frechet": round(max(0.0, frechet_distance(feats, real(split)[2])), 3), "images": len(images)}
 
 
-def reference_rows(tokenizer=None, n_train: int = 10000) -> list[list]:
-    """Real test and train images, and (given a tokenizer) its reconstructions of the test set."""
-    images, labels, _ = real_test()
-    rows = [_row("real test images", "-", score(images, labels))]
+def reconstruction_row(tokenizer, split: str = "test") -> list:
+    """The tokenizer's reconstructions of the real `split` images, scored."""
+    images, labels, _ = real(split)
+    recon = torch.cat([tokenizer.reconstruct(data.fashion_mnist_rgb32(images[i: i + 500])).cpu()
+                       for i in range(0, len(images), 500)])
+    return _row(f"{tokenizer.name} reconstructions of the {split} images", "-", score(recon, labels, split))
+
+
+def reference_rows(split: str = "test", n_train: int = 10000) -> list[list]:
+    """The real `split` images themselves and real train images, scored against the real `split`."""
+    images, labels, _ = real(split)
     train, train_labels = data.fashion_mnist("train")
-    rows.append(_row(f"real train images (first {n_train})", "-", score(train[:n_train], train_labels[:n_train])))
-    if tokenizer is not None:
-        recon = torch.cat([tokenizer.reconstruct(data.fashion_mnist_rgb32(images[i: i + 500])).cpu()
-                           for i in range(0, len(images), 500)])
-        rows.append(_row(f"{tokenizer.name} reconstructions of the test set", "-", score(recon, labels)))
-    return rows
+    return [_row(f"real {split} images", "-", score(images, labels, split)),
+            _row(f"real train images (first {n_train})", "-", score(train[:n_train], train_labels[:n_train], split))]
 
 
 def _row(name: str, settings: str, s: dict, speed: str = "-") -> list:
@@ -107,40 +100,43 @@ def images_per_second(gen, batch: int, repeats: int = 2, **settings) -> float:
     return batch * repeats / (time.perf_counter() - start)
 
 
-def generator_rows(gen, per_class: int = 1000, settings: dict | None = None, speed: bool = True) -> list[list]:
-    """The generator's rows: samples at `settings` (its defaults when None), and the same without CFG."""
+def generator_rows(gen, per_class: int = 1000, settings: dict | None = None, speed: bool = True,
+                   split: str = "test", without_cfg: bool = True) -> list[list]:
+    """The generator's rows: samples at `settings` (its defaults when None), and (`without_cfg`) the same without
+    CFG."""
     settings = dict(settings or {})
     shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
     images, labels = sample_all(gen, per_class, **settings)
     rate = "-"
     if speed:
         rate = f"{images_per_second(gen, 1, **settings):.2f} / {images_per_second(gen, 64, **settings):.1f}"
-    rows = [_row(f"{gen.name}", shown, score(images, labels), rate)]
+    rows = [_row(f"{gen.name}", shown, score(images, labels, split), rate)]
+    if not without_cfg:
+        return rows
     no_cfg = {**settings, "cfg_scale": 1.0}
     images, labels = sample_all(gen, per_class, **no_cfg)
-    rows.append(_row(f"{gen.name}, no CFG", ", ".join(f"{k} {v}" for k, v in no_cfg.items()), score(images, labels)))
+    rows.append(_row(f"{gen.name}, no CFG", ", ".join(f"{k} {v}" for k, v in no_cfg.items()),
+                     score(images, labels, split)))
     return rows
 
 
-def generation_table(generators: list, per_class: int = 1000, settings: dict[str, dict] | None = None) -> dict:
-    """The one table: reference rows (with the first generator's paired tokenizer), then every generator."""
-    tokenizers = []
+def generation_table(generators: list, per_class: int = 1000, settings: dict[str, dict] | None = None,
+                     split: str = "test", speed: bool = True) -> dict:
+    """The one table: reference rows, the paired tokenizers' reconstructions, then every generator; Fréchet distances
+    against the real `split` (``"test"`` for reporting, ``"validation"`` for choosing settings)."""
+    rows = reference_rows(split)
+    seen = set()
     for gen in generators:
         tok = gen.paired_model()
-        if tok.name not in [t.name for t in tokenizers]:
-            tokenizers.append(tok)
-    rows = reference_rows(tokenizers[0] if tokenizers else None)
-    for tok in tokenizers[1:]:
-        images, labels, _ = real_test()
-        recon = torch.cat([tok.reconstruct(data.fashion_mnist_rgb32(images[i: i + 500])).cpu()
-                           for i in range(0, len(images), 500)])
-        rows.append(_row(f"{tok.name} reconstructions of the test set", "-", score(recon, labels)))
+        if tok.name not in seen:
+            seen.add(tok.name)
+            rows.append(reconstruction_row(tok, split))
     for gen in generators:
-        rows += generator_rows(gen, per_class, (settings or {}).get(gen.name))
+        rows += generator_rows(gen, per_class, (settings or {}).get(gen.name), speed=speed, split=split)
     description = (
         f"Fashion-MNIST, scored by {CLASSIFIER} (trained on the train split): accuracy = share of images the "
         f"classifier assigns to their (conditioning) class; Fréchet distance between its penultimate features of "
-        f"the images and of the 10,000 real test images. Generators: {per_class} samples per class, sample k of a "
-        f"class with seed k. images/s: CPU, batch 1 / 64 (generation and decoding)."
+        f"the images and of the {len(real(split)[0])} real {split} images. Generators: {per_class} samples per class, "
+        f"sample k of a class with seed k. images/s: CPU, batch 1 / 64 (generation and decoding)."
     )
     return {"description": description, "columns": COLUMNS, "rows": rows}

@@ -67,3 +67,34 @@ register_model(ModelSpec(
                         sha_note="the sha256 given by the Hub's LFS page is checked after download"),
     **_COMMON,
 ))
+
+# The tiny tokenizer trained here on Fashion-MNIST (scripts/train_vq.py): 32 x 32 images (28 x 28 on a black border)
+# -> an 8 x 8 grid of 512 codes, the LlamaGen architecture at a small width.
+TINY_FASHION = dict(image_size=32, ch=32, ch_mult=(1, 2, 2), z_channels=32, num_res_blocks=1, codebook_size=512,
+                    codebook_embed_dim=8, codebook_l2_norm=True, norm_groups=8)
+register_model(ModelSpec(
+    name="llamagen-vq-tiny-fashion", family="llamagen_vq", kind="tokenizer", modality="image", architecture="llamagen-vq",
+    config=TINY_FASHION, bundled="llamagen-vq-tiny-fashion",
+    sha256="943654ea6edbe1810f971d23aa035a6899414d4900892917250573f0e0b63484",
+    splits={"train": "zoo.data.fashion_mnist('train'): 55,000 images (the official train file but its last 5,000)",
+            "validation": "the last 5,000 images of the official train file: checked at step 500 (22.2 dB); no "
+                          "setting was chosen on it",
+            "test": "the official test file (10,000 images), reported once"},
+    license="mit", paper="https://arxiv.org/abs/2406.06525",
+    origin_url="https://github.com/FoundationVision/LlamaGen", codebook_size=512, num_codebooks=1,
+    tokens_per_item="64 / image (8 x 8)", input_size=32, datasets=("fashion-mnist",),
+    tags=("image-tokenizer", "vq", "llamagen", "tiny"),
+    description="A tiny LlamaGen VQ tokenizer trained here on Fashion-MNIST: 32 x 32 images (the 28 x 28 pictures on "
+                "a black border, zoo.data.fashion_mnist_rgb32) to 8 x 8 grids of 512 l2-normalised codes.",
+    notes="Trained here with `python scripts/train_vq.py --out runs/vq-fashion` (tokenizers_img/vq/train.py: 2,000 "
+          "steps of batch 64, AdamW lr 1e-3 (betas 0.9, 0.95), 100 warm-up steps then cosine, L1 + MSE "
+          "reconstruction, the official codebook and 0.25 commitment losses, codebook started on encoder latents "
+          "and unused codes restarted every 100 steps; 22 min on 2 CPU cores), exported with `zoo eval --checkpoint "
+          "runs/vq-fashion/checkpoints/checkpoint_3 --name llamagen-vq-tiny-fashion --export ...`. Test split: "
+          "25.17 dB / SSIM 0.869 on the 28 x 28 pictures (an 8 x 8 grey thumbnail of about the same bits: 16.43 dB), "
+          "all 512 codes used; the Fashion-MNIST classifier reads its reconstructions at 87.13 % (real images: "
+          "91.70 %).",
+    limitations="Fashion-MNIST only (28 x 28 grey pictures on a 32 x 32 black border): other images are "
+                "reconstructed as clothing-like blurs. No perceptual or adversarial loss was used, so fine texture "
+                "is smoothed.",
+))

@@ -514,6 +514,13 @@ class LlamaGenVQ(ImageTokenizer):
         with torch.no_grad():  # a constant lookup (a normal tensor, usable in a generator's training graph)
             return self.quantize.codebook()[codes.to(self.device).flatten(1)]
 
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
+        """Fashion-MNIST: reconstruction PSNR / SSIM, codebook usage, the classifier's view of the reconstructions,
+        against a grey thumbnail of the nearest bits (`zoo eval`; .evaluate.fashion_table)."""
+        from .evaluate import fashion_table
+
+        return fashion_table(self, split=split)
+
     # --- card ---------------------------------------------------------------------------------------------------------
     def card_facts(self) -> dict[str, Any]:
         c, f = self.config, self.downsample_factor

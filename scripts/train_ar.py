@@ -1,0 +1,62 @@
+"""Train a class-conditional GPT (LlamaGen architecture) on a tokenizer's codes of Fashion-MNIST, and export it.
+
+    python scripts/train_ar.py --out runs/ar-fashion --export weights/llamagen-gpt-tiny-fashion
+    python scripts/train_ar.py --out runs/ar-fashion --resume                     # continue (bit-exact on CPU)
+    python scripts/train_ar.py --tokenizer local-dir:path/to/vq --name llamagen-gpt-tiny-fashion --out runs/ar-x
+    ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_ar.py ...       # 2 processes
+    accelerate launch scripts/train_ar.py ...                                                   # GPUs
+
+The recipe is generators/ar/train.py on the zoo's one training loop (zoo.training.train_loop): the train split is
+encoded once by ``--tokenizer`` (a registry name or local-dir:PATH; default: the entry's paired tokenizer) and
+cached in ``--out/tokens/`` (reused on ``--resume``, refused for another tokenizer); the architecture is the
+registry entry ``--name``. AdamW (0.9, 0.95), weight decay 0.05, warmup + cosine, gradient clipping 1.0, CFG label
+dropout, an EMA of the weights (``--ema-decay``). ``--export DIR`` writes the EMA model in zoo layout with its card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+import zoo
+from generators.ar import ARConfig
+from generators.ar.train import ARTrainConfig, export, train
+from zoo import hub
+
+HELP = {"steps": "global steps", "batch_size": "sequences per step and process", "lr": "peak learning rate",
+        "ema_decay": "EMA decay of the exported weights", "train_items": "only the first N train images (0 = all)",
+        "save_every": "a complete checkpoint every N steps", "warmup_steps": "linear warmup, then cosine"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/ar-fashion", help="run folder (Accelerate checkpoints, cached codes)")
+    parser.add_argument("--name", default="llamagen-gpt-tiny-fashion", help="registry entry giving the architecture")
+    parser.add_argument("--tokenizer", default=None,
+                        help="registry name or local-dir:PATH of the tokenizer (default: the entry's tokenizer)")
+    parser.add_argument("--export", default=None, metavar="DIR", help="zoo-layout folder for the final EMA model")
+    defaults = ARTrainConfig()
+    for f in dataclasses.fields(ARTrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
+                            default=getattr(defaults, f.name), help=HELP.get(f.name))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    spec = zoo.model_info(args.name)
+    if spec.kind != "generator" or spec.architecture != "llamagen-gpt":
+        parser.error(f"--name {args.name}: not a LlamaGen GPT entry")
+    tc = ARTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ARTrainConfig)})
+    config = ARConfig(**hub.spec_config(spec))
+    result = train(tc, config, args.tokenizer or spec.tokenizer, args.out, resume=args.resume)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process and args.export:
+        export(result.ema, spec, args.export)
+        print(f"exported the EMA weights to {args.export} (tokenizer {result.ema.config.tokenizer})")
+
+
+if __name__ == "__main__":
+    main()
