@@ -16,7 +16,6 @@ dropout, an EMA of the weights (``--ema-decay``). ``--export DIR`` writes the EM
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 
@@ -24,6 +23,7 @@ import zoo
 from generators.ar import ARConfig
 from generators.ar.train import ARTrainConfig, export, train
 from zoo import hub
+from zoo.training import add_config_arguments, config_from_arguments
 
 HELP = {"steps": "global steps", "batch_size": "sequences per step and process", "lr": "peak learning rate",
         "ema_decay": "EMA decay of the exported weights", "train_items": "only the first N train images (0 = all)",
@@ -37,10 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="registry name or local-dir:PATH of the tokenizer (default: the entry's tokenizer)")
     parser.add_argument("--export", default=None, metavar="DIR", help="zoo-layout folder for the final EMA model")
-    defaults = ARTrainConfig()
-    for f in dataclasses.fields(ARTrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                            default=getattr(defaults, f.name), help=HELP.get(f.name))
+    add_config_arguments(parser, ARTrainConfig, help=HELP)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     args = parser.parse_args(argv)
@@ -48,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = zoo.model_info(args.name)
     if spec.kind != "generator" or spec.architecture != "llamagen-gpt":
         parser.error(f"--name {args.name}: not a LlamaGen GPT entry")
-    tc = ARTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ARTrainConfig)})
+    tc = config_from_arguments(ARTrainConfig, args)
     config = ARConfig(**hub.spec_config(spec))
     result = train(tc, config, args.tokenizer or spec.tokenizer, args.out, resume=args.resume)
     from accelerate import PartialState

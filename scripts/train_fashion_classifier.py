@@ -9,27 +9,24 @@ The export's card carries the validation and test accuracy (`zoo eval fashion-mn
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 
 import zoo
 from generators.quality.train import ClassifierTrainConfig, train
+from zoo.training import add_config_arguments, config_from_arguments
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/fashion-classifier", help="run folder (Accelerate checkpoints)")
     parser.add_argument("--export", default=None, help="zoo-layout folder for the final model")
-    defaults = ClassifierTrainConfig()
-    for f in dataclasses.fields(ClassifierTrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                            default=getattr(defaults, f.name))
+    add_config_arguments(parser, ClassifierTrainConfig)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tc = ClassifierTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierTrainConfig)})
+    tc = config_from_arguments(ClassifierTrainConfig, args)
     model = train(tc, args.out, resume=args.resume)
     from accelerate import PartialState
 

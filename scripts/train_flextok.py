@@ -30,12 +30,7 @@ from tokenizers_img.flextok import FlexTok, FlexTokConfig, FlexTokVAE, FlexTokVA
 from tokenizers_img.flextok.train import FlexTokTrainConfig, VAETrainConfig, train_tokenizer, train_vae
 from zoo import checkpoints, data
 from zoo.evaluation import markdown
-
-
-def add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    for field in dataclasses.fields(cls):
-        parser.add_argument(f"--{prefix}{field.name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{field.name}",
-                            type=type(field.default), default=field.default)
+from zoo.training import add_config_arguments, config_from_arguments
 
 
 def export_vae(state_dict: dict, scaling: float, spec, out: str) -> None:
@@ -64,8 +59,8 @@ def main() -> None:
     parser.add_argument("--vae-export", default=None, help="zoo-layout folder for the trained VAE (with its card)")
     parser.add_argument("--vae-from", default=None,
                         help="tokenizer stage: start from this VAE model (registry name or local-dir:PATH)")
-    add_fields(parser, VAETrainConfig, "vae-")
-    add_fields(parser, FlexTokTrainConfig)
+    add_config_arguments(parser, VAETrainConfig, "vae-")
+    add_config_arguments(parser, FlexTokTrainConfig)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,7 +73,7 @@ def main() -> None:
     vae_file, vae_meta = out / "vae" / "vae.safetensors", out / "vae" / "vae.json"
 
     if args.stage in ("vae", "all"):
-        tc = VAETrainConfig(**{f.name: getattr(args, f"vae_{f.name}") for f in dataclasses.fields(VAETrainConfig)})
+        tc = config_from_arguments(VAETrainConfig, args, "vae-")
         vae, scaling = train_vae(FlexTokConfig(**spec.config), tc, photos, str(out / "vae"), resume=args.resume)
         if state.is_main_process:
             checkpoints.save_state_dict(vae.state_dict(), vae_file)
@@ -106,7 +101,7 @@ def main() -> None:
             parser.error(f"{vae_file} is missing: run --stage vae first, or give --vae-from")
         model = FlexTok(FlexTokConfig(**{**spec.config, "vae_scaling_factor": scaling}))
         checkpoints.load_into(model.vae, vae_state, source=source)
-        tc = FlexTokTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FlexTokTrainConfig)})
+        tc = config_from_arguments(FlexTokTrainConfig, args)
         model = train_tokenizer(model, tc, photos, str(out / "tokenizer"), resume=args.resume)
         if args.export and state.is_main_process:
             model.card_info["spec"] = spec

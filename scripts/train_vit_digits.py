@@ -19,12 +19,12 @@ The export's card carries the held-out top-1 (and, for routing, the executed MAC
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 
 from vit_accel.train import DigitsTrainConfig, export, train
 from vit_accel.trained import ROUTING_KWARGS
+from zoo.training import config_from_arguments
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.distill > 0 and not args.init:
         parser.error("--distill needs --init (the teacher)")
-    tc = DigitsTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DigitsTrainConfig)})
+    tc = config_from_arguments(DigitsTrainConfig, args)
     model = train(tc, args.out, resume=args.resume)
     from accelerate import PartialState
 

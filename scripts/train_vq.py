@@ -9,13 +9,13 @@ architecture is the registry entry ``--name``. The export's card carries the tes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 
 import zoo
 from tokenizers_img.vq import VQConfig
 from tokenizers_img.vq.train import VQTrainConfig, train
+from zoo.training import add_config_arguments, config_from_arguments
 
 
 def main() -> None:
@@ -23,15 +23,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/vq-fashion", help="run folder (Accelerate checkpoints)")
     parser.add_argument("--name", default="llamagen-vq-tiny-fashion", help="registry entry giving the architecture")
     parser.add_argument("--export", default=None, help="zoo-layout folder for the final model")
-    defaults = VQTrainConfig()
-    for f in dataclasses.fields(VQTrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                            default=getattr(defaults, f.name))
+    add_config_arguments(parser, VQTrainConfig)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tc = VQTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(VQTrainConfig)})
+    tc = config_from_arguments(VQTrainConfig, args)
     spec = zoo.model_info(args.name)
     model = train(tc, VQConfig(**spec.config), args.out, resume=args.resume)
     from accelerate import PartialState

@@ -15,7 +15,6 @@ speech and write the numbers into its card:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 
@@ -23,6 +22,7 @@ import zoo
 from tokenizers_audio.wavtokenizer.model import WavTokenizerConfig
 from tokenizers_audio.wavtokenizer.train import TrainConfig, train
 from zoo import data
+from zoo.training import add_config_arguments, config_from_arguments
 
 
 def main() -> None:
@@ -32,14 +32,13 @@ def main() -> None:
     parser.add_argument("--export", default=None, help="zoo-layout folder for the final model (default: none)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    for field in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    add_config_arguments(parser, TrainConfig)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = zoo.model_info(args.name)
     model_config = WavTokenizerConfig(**spec.config)
-    train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    train_config = config_from_arguments(TrainConfig, args)
     from accelerate import PartialState
 
     with PartialState().main_process_first():  # the speech set is generated once, by the main process

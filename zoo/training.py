@@ -36,6 +36,7 @@ written last, and only marked folders are resumed from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -342,3 +343,19 @@ def checkpoint_model_state(checkpoint: str | Path, index: int = 0, prefix: str =
             raise ValueError(f"{path}: expected keys under {prefix!r}")
         state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command lines of the training scripts
+
+
+def add_config_arguments(parser, cls, prefix: str = "", help: dict[str, str] | None = None) -> None:
+    """One ``--<prefix><field>`` option per field of the config dataclass `cls`, typed and defaulted as the field."""
+    for f in dataclasses.fields(cls):
+        parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{f.name}",
+                            type=type(f.default), default=f.default, help=(help or {}).get(f.name))
+
+
+def config_from_arguments(cls, args, prefix: str = ""):
+    """The `cls` config the options of `add_config_arguments` parsed into `args`."""
+    return cls(**{f.name: getattr(args, f"{prefix.replace('-', '_')}{f.name}") for f in dataclasses.fields(cls)})
