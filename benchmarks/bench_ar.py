@@ -167,8 +167,8 @@ def release_official_caches(model: torch.nn.Module) -> None:
 
 def ours_generate(model: ARGenerator, labels: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     torch.manual_seed(0)
-    tokens = model.generate(labels, cfg_scale=cfg_scale, cfg_interval=-1, temperature=1.0, top_k=0, top_p=1.0,
-                            sample=False)
+    tokens = model.generate(labels, cfg_scale=cfg_scale, cfg_interval=-1, cfg_schedule="constant", temperature=1.0,
+                            top_k=0, top_p=1.0, sample=False)  # the official rule, whatever the model's default
     return tokens.codes.flatten(1)
 
 

@@ -6,9 +6,9 @@ optionally one .npz), sharded across processes, resumable.
     accelerate launch scripts/generate_image.py NAME -n 50000 --out samples/        # one share per GPU
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/generate_image.py NAME -n 100 --out s/
 
-Item ``i`` (0 <= i < n) is class ``i % num_classes`` (or ``--class``) drawn with seed ``--seed + i`` (the
-generator's per-item seeds), written to ``OUT/<i:06d>.png`` (atomically). So the set does not depend on the number
-of processes or the batch size, and a second run skips the items already written (an interrupted run resumes; a
+The machinery is `zoo.sample_sets` (shared with scripts/generate_audio.py). Item ``i`` (0 <= i < n) is class
+``i % num_classes`` (or ``--class``) drawn with seed ``--seed + i`` (the generator's per-item seeds), written to
+``OUT/<i:06d>.png`` (atomically). So the set does not depend on the number of processes or the batch size, and a second run skips the items already written (an interrupted run resumes; a
 larger ``-n`` extends the set). Process ``r`` of ``w`` takes the items ``i % w == r``.
 
 ``OUT/generation.json`` records the model and the settings; a folder made with other ones is refused. At the end
@@ -19,129 +19,11 @@ larger ``-n`` extends the set). Process ``r`` of ``w`` takes the items ``i % w =
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-from pathlib import Path
-
-import numpy as np
-import torch
-
-import zoo
-from zoo import io as zio
-from zoo.checkpoints import atomic_path
-
-SETTINGS = {"cfg": "cfg_scale", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "steps": "steps"}
-
-
-def item_file(out: Path, i: int) -> Path:
-    return out / f"{i:06d}.png"
-
-
-def item_label(i: int, num_classes: int, cls: int | None) -> int:
-    return cls if cls is not None else i % num_classes
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help="generator: registry name, local-dir:PATH or hf-hub:org/repo")
-    p.add_argument("-n", "--num", type=int, required=True, help="number of images")
-    p.add_argument("--out", default=None, help="folder of PNGs (the resumable store)")
-    p.add_argument("--npz", default=None, help="also pack all n images into this .npz (images, labels, seeds)")
-    p.add_argument("--class", dest="cls", type=int, default=None, help="one class for every item")
-    p.add_argument("--seed", type=int, default=0, help="item i uses seed SEED + i")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None, help="0 = off")
-    p.add_argument("--top-p", type=float, default=None, help="1 = off")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps, for generators that take them")
-    p.add_argument("--batch-size", type=int, default=64, help="items per generate call and process")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    args = p.parse_args(argv)
-    if args.num < 1 or args.batch_size < 1:
-        p.error("-n and --batch-size must be positive")
-    if args.out is None and args.npz is None:
-        p.error("give --out DIR and/or --npz FILE")
-    if args.npz is not None and not args.npz.endswith(".npz"):
-        p.error("--npz: the file name must end with .npz")
-    return args
-
-
-def record(gen, args: argparse.Namespace) -> dict:
-    """What makes an item's image: the model (name and full config) and the settings (None = the model's
-    default)."""
-    return {"model": args.name, "config": json.loads(json.dumps(gen.zoo_config(), default=list)),
-            "class": args.cls, "seed": args.seed, "settings": {k: getattr(args, k) for k in SETTINGS}}
-
-
-def check_record(path: Path, rec: dict) -> None:
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    if old != rec:
-        diff = sorted(k for k in set(old) | set(rec) if old.get(k) != rec.get(k))
-        raise SystemExit(f"{path.parent} holds samples made with other settings ({', '.join(diff)} differ): "
-                         "use another --out folder")
-
-
-def pack_npz(out: Path, npz: Path, n: int, labels: list[int], seeds: list[int]) -> None:
-    images = np.stack([np.asarray(zio.tensor_to_pil(zio.load_image(item_file(out, i)))) for i in range(n)])
-    with atomic_path(npz) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=images, labels=np.asarray(labels, dtype=np.int64), seeds=np.asarray(seeds, dtype=np.int64))
+from zoo import sample_sets
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # CPU processes (ACCELERATE_USE_CPU=1, or torchrun on a machine without CUDA) join one gloo group
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (
-        not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
-    state = PartialState(cpu=cpu)
-    rank, world = state.process_index, state.num_processes
-    out = Path(args.out) if args.out else Path(args.npz[: -len(".npz")] + "_png")
-    gen = zoo.load(args.name, device=state.device)
-    if gen.kind != "generator" or gen.modality != "image" or gen.num_classes is None:
-        raise SystemExit(f"{args.name}: not a class-conditional image generator")
-    if args.cls is not None and not 0 <= args.cls < gen.num_classes:
-        raise SystemExit(f"--class must be in 0..{gen.num_classes - 1}")
-    settings = {SETTINGS[k]: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
-    rec = record(gen, args)
-    path = out / "generation.json"
-    if state.is_main_process:
-        check_record(path, rec)
-        out.mkdir(parents=True, exist_ok=True)
-        if not path.is_file():
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(rec, indent=2, sort_keys=True))
-    state.wait_for_everyone()
-    check_record(path, rec)
-
-    mine = range(rank, args.num, world)
-    todo = [i for i in mine if not item_file(out, i).is_file()]
-    for start in range(0, len(todo), args.batch_size):
-        items = todo[start: start + args.batch_size]
-        labels = torch.tensor([item_label(i, gen.num_classes, args.cls) for i in items])
-        images = gen.sample(labels, seed=[args.seed + i for i in items], **settings).cpu()
-        for i, img in zip(items, images):
-            zio.save_image(item_file(out, i), img)
-    print(f"process {rank}/{world}: wrote {len(todo)}, skipped {len(mine) - len(todo)} already written", flush=True)
-    state.wait_for_everyone()
-
-    labels = [item_label(i, gen.num_classes, args.cls) for i in range(args.num)]
-    seeds = [args.seed + i for i in range(args.num)]
-    if state.is_main_process:
-        with atomic_path(out / "index.csv") as tmp:
-            tmp.write_text("file,label,seed\n" + "".join(f"{item_file(out, i).name},{label},{seed}\n"
-                                                         for i, (label, seed) in enumerate(zip(labels, seeds))))
-        if args.npz:
-            pack_npz(out, Path(args.npz), args.num, labels, seeds)
-            print(f"packed {args.num} images into {args.npz}")
-    state.wait_for_everyone()
-    return {"written": len(todo), "skipped": len(mine) - len(todo), "out": out}
+    return sample_sets.main(argv, "image", __doc__)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Train a class-conditional GPT (LlamaGen architecture) on a tokenizer's codes of Fashion-MNIST, and export it.
+"""Train a class-conditional GPT (LlamaGen architecture) on a tokenizer's codes of Fashion-MNIST or spoken digits,
+and export it.
 
     python scripts/train_ar.py --out runs/ar-fashion --export weights/llamagen-gpt-tiny-fashion
     python scripts/train_ar.py --out runs/ar-fashion --resume                     # continue (bit-exact on CPU)
     python scripts/train_ar.py --tokenizer local-dir:path/to/vq --name llamagen-gpt-tiny-fashion --out runs/ar-x
+    python scripts/train_ar.py --name token-shuffle-gpt-tiny-fashion --out runs/ts-fashion      # Token-Shuffle s=2
+    python scripts/train_ar.py --name llamagen-gpt-tiny-spoken-digits --dataset spoken-digits --out runs/ar-digits
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_ar.py ...       # 2 processes
     accelerate launch scripts/train_ar.py ...                                                   # GPUs
 

@@ -218,3 +218,49 @@ def test_generate_image_two_processes_batch_sizes_and_resume(tmp_path, tiny_gene
     # a folder made with other settings is refused, not mixed
     with pytest.raises(SystemExit, match="other settings"):
         main([tiny_generator, "-n", str(n), "--out", str(one), "--cfg", "1.0"])
+
+
+# --- scripts/generate_audio.py ---------------------------------------------------------------------------------------
+
+
+def test_generate_audio_writes_a_resumable_clip_set(tmp_path, monkeypatch):
+    """The audio twin of generate_image.py (the same zoo.sample_sets machinery): a tiny random audio GPT paired with
+    the bundled WavTokenizer; WAVs at the tokenizer's rate, the same clips for any batch size, resumable, packed."""
+    torch.manual_seed(0)
+    gen = hub.build(zoo.model_info("llamagen-gpt-tiny-spoken-digits"), dim=32, n_layer=1, n_head=2, multiple_of=32,
+                    block_size=15)
+    with torch.no_grad():
+        gen.output.weight.normal_(0, 1.0)
+    gen.save_pretrained(tmp_path / "gen")
+    spec = importlib.util.spec_from_file_location("generate_audio", REPO / "scripts" / "generate_audio.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    name, n = f"local-dir:{tmp_path / 'gen'}", 5
+    out = tmp_path / "clips"
+    assert module.main([name, "-n", str(n), "--out", str(out), "--batch-size", "2", "--npz",
+                        str(tmp_path / "c.npz"), "--threads", "1"])["written"] == n
+    clips = {p.name: zoo.io.load_audio(p) for p in sorted(out.glob("*.wav"))}
+    assert sorted(clips) == [f"{i:06d}.wav" for i in range(n)]
+    hop = zoo.load("wavtokenizer-tiny-75tps").hop_length
+    assert all(sr == 24000 and wav.shape == (1, 15 * hop) for wav, sr in clips.values())
+    packed = np.load(tmp_path / "c.npz")
+    assert packed["audio"].shape == (n, 15 * hop) and int(packed["sample_rate"]) == 24000
+    assert packed["labels"].tolist() == list(range(n))
+    # the same clips at another batch size: the same codes (per-item seeds); the decoder's float rounding may differ
+    # with the batch size by ~1e-7, which can flip the last bit of a 16-bit sample
+    other = tmp_path / "other"
+    module.main([name, "-n", str(n), "--out", str(other), "--batch-size", "5", "--threads", "1"])
+    assert all((zoo.io.load_audio(other / f)[0] - clips[f][0]).abs().max() <= 1 / 32768 for f in clips)
+    assert len({wav.numpy().tobytes() for wav, _ in clips.values()}) == n  # not one clip five times
+    (out / "000003.wav").unlink()
+    assert module.main([name, "-n", str(n), "--out", str(out), "--threads", "1"])["written"] == 1
+    with pytest.raises(SystemExit, match="not a class-conditional audio generator"):
+        module.main(["llamagen-gpt-tiny-fashion", "-n", "1", "--out", str(tmp_path / "x")])
+
+
+def test_pretokenize_refuses_a_dataset_of_another_modality(tmp_path):
+    with pytest.raises(ValueError, match="holds image data.*reads audio.*spoken-digits"):
+        pretokenize(tmp_path, zoo.load("wavtokenizer-tiny-75tps"), dataset="fashion-mnist")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        pretokenize(tmp_path, zoo.load("wavtokenizer-tiny-75tps"), dataset="librispeech")

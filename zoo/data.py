@@ -10,6 +10,9 @@
 * `photos`: the photographs shipped with scikit-image and the two with scikit-learn (``china``, ``flower``);
   split by picture: validation is scikit-image's stereo motorcycle (left view), test its astronaut, coffee and
   chelsea.
+* `spoken_digits`: the words "zero".."nine" spoken by espeak-ng in 31 voices (accent + variant), every clip exactly
+  1.0 s at 24 kHz with the word starting 0.05 s in. Split by voice: 24 train, 3 validation, 4 test voices (the
+  speech set's voices keep their splits). Cached like `speech`.
 * `digits`: scikit-learn's 8x8 handwritten digits (1,797 images, no two identical): 0-1,299 train, 1,300-1,499
   validation, 1,500-1,796 test.
 * `samples`: a few test inputs committed with the package (``zoo/samples/``), for `zoo demo` on a machine without
@@ -122,6 +125,103 @@ def speech(split: str, n: int | None = None) -> list[torch.Tensor]:
         peak = float(clip.abs().max())
         clips.append(clip / peak if peak > 1 else clip)  # resampling can overshoot a full-scale clip slightly
     return clips
+
+
+SPOKEN_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SPOKEN_DIGIT_SECONDS = 1.0     # every clip: exactly this long (24,000 samples; 75 WavTokenizer frames at 75 tokens/s)
+SPOKEN_DIGIT_LEAD = 0.05       # the word starts this far in (1,200 samples)
+SPOKEN_DIGIT_SILENCE = 0.01    # trimming threshold: |sample| below this share of the clip's peak is silence
+# Voices are espeak-ng "accent+variant" names. Each one was checked to give its own audio (espeak-ng falls back
+# silently to the plain accent for an unknown or miscased variant, and ignores variants on "en-gb"): "en-gb+m5", kept
+# from the speech set's TRAIN_VOICES, sounds exactly as "en-gb", so train has 24 distinct voices under 25 names.
+# No variant of a held-out voice is used in train, and the held-out accents gbclan and gbcwmd are absent from train.
+SPOKEN_DIGIT_VOICES = {
+    "train": TRAIN_VOICES + ("en-us+m1", "en-gb-scotland+m6", "en-us+Alex", "en-gb-x-rp+belinda", "en-us-nyc+caleb",
+                             "en-029+steph", "en-gb-scotland+david", "en+ed", "en-us+Gene", "en+max", "en-gb-x-rp+paul",
+                             "en-us-nyc+rob", "en+Andrea", "en-029+benjamin", "en-us-nyc"),
+    "validation": VALIDATION_VOICES + ("en-us-nyc+Annie", "en-gb-x-rp+zac"),
+    "test": HELD_OUT_VOICES + ("en-029+Mike", "en-gb-scotland+quincy"),
+}
+SPOKEN_DIGIT_DRAWS = {"train": 8, "validation": 8, "test": 8}  # (speed, pitch) draws per voice and digit
+_SPOKEN_DIGIT_SEEDS = {"train": 21, "validation": 23, "test": 22}
+
+
+def spoken_digit_items(split: str) -> list[tuple[str, int, int, int]]:
+    """``(voice, digit, speed, pitch)`` of every clip of a spoken-digit split, in order: voice-major, then digit, then
+    draw. Speed (words per minute) is uniform in 140..220 (slower words outlast the clip: "nine" at 124 wpm
+    lasts 0.97 s in en-us-nyc+f4) and pitch in 20..80, seeded per split."""
+    _check_split(split)
+    rng = random.Random(_SPOKEN_DIGIT_SEEDS[split])
+    return [(voice, digit, rng.randint(140, 220), rng.randint(20, 80))
+            for voice in SPOKEN_DIGIT_VOICES[split] for digit in range(len(SPOKEN_DIGITS))
+            for _ in range(SPOKEN_DIGIT_DRAWS[split])]
+
+
+def fit_spoken_digit(wav: torch.Tensor, sample_rate: int = SPEECH_SAMPLE_RATE, what: str = "clip") -> torch.Tensor:
+    """One spoken word ``(T,)`` -> ``(SPOKEN_DIGIT_SECONDS * sample_rate,)``: leading and trailing silence trimmed
+    (`SPOKEN_DIGIT_SILENCE` of the peak), the word placed `SPOKEN_DIGIT_LEAD` s in, zeros after it. A word longer
+    than the clip's remaining ``1.0 - 0.05`` s is refused (`ValueError` naming `what`): never cut."""
+    length, lead = round(SPOKEN_DIGIT_SECONDS * sample_rate), round(SPOKEN_DIGIT_LEAD * sample_rate)
+    peak = float(wav.abs().max()) if wav.numel() else 0.0
+    if peak == 0.0:
+        raise ValueError(f"{what}: silent")
+    loud = (wav.abs() >= SPOKEN_DIGIT_SILENCE * peak).nonzero().squeeze(1)
+    word = wav[int(loud[0]): int(loud[-1]) + 1]
+    if lead + len(word) > length:
+        raise ValueError(f"{what}: the word lasts {len(word) / sample_rate:.3f} s, more than the "
+                         f"{SPOKEN_DIGIT_SECONDS - SPOKEN_DIGIT_LEAD:.2f} s a {SPOKEN_DIGIT_SECONDS} s clip leaves")
+    out = torch.zeros(length, dtype=torch.float32)
+    out[lead: lead + len(word)] = word
+    return out
+
+
+def _spoken_digit_clip(item: tuple[str, int, int, int], folder: Path) -> torch.Tensor:
+    voice, digit, speed, pitch = item
+    word = SPOKEN_DIGITS[digit]
+    path = folder / f"{hashlib.sha1(f'{voice}|{speed}|{pitch}|{word}'.encode()).hexdigest()[:16]}.wav"
+    if not path.exists():
+        _speak(word, voice, speed, pitch, path)
+    wav, sr = zio.load_audio(path)
+    clip = zio.resample(wav.mean(0), sr, SPEECH_SAMPLE_RATE)
+    peak = float(clip.abs().max())
+    clip = clip / peak if peak > 1 else clip  # as `speech`: only resampling's overshoot is scaled back
+    return fit_spoken_digit(clip, SPEECH_SAMPLE_RATE, what=f"{word!r} by {voice} at {speed} wpm, pitch {pitch}")
+
+
+def spoken_digits(split: str, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spoken digits of a split (`SPLITS`): clips ``(N, 24000)`` float32 at 24 kHz (exactly
+    `SPOKEN_DIGIT_SECONDS`, the word starting `SPOKEN_DIGIT_LEAD` s in, zeros after it) and labels ``(N,)`` int64
+    (indices into `SPOKEN_DIGITS`), in the order of `spoken_digit_items`.
+
+    train: 25 voice names (24 distinct voices) x 10 digits x 8 (speed, pitch) draws = 2,000 clips; validation:
+    3 other voices (240 clips); test: 4 other voices (320 clips). espeak-ng speaks each word once (its WAVs are cached
+    under ``cache_dir() / "spoken_digits"``, `workers` processes at a time, default the CPU count); the finished
+    split is cached as one safetensors file keyed by its items and the fitting constants.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safetensors.torch import load_file, save_file
+
+    items = spoken_digit_items(split)
+    root = cache_dir() / "spoken_digits"
+    recipe = f"{items}|{SPEECH_SAMPLE_RATE}|{SPOKEN_DIGIT_SECONDS}|{SPOKEN_DIGIT_LEAD}|{SPOKEN_DIGIT_SILENCE}"
+    cached = root / f"{split}-{hashlib.sha1(recipe.encode()).hexdigest()[:16]}.safetensors"
+    if cached.exists():
+        tensors = load_file(str(cached))
+        return tensors["clips"], tensors["labels"]
+    folder = root / "wav"
+    folder.mkdir(parents=True, exist_ok=True)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        clips = [_spoken_digit_clip(item, folder) for item in items]
+    else:  # threads suffice: espeak-ng runs in its own processes, torchaudio's resampling releases the GIL
+        with ThreadPoolExecutor(workers) as pool:
+            clips = list(pool.map(lambda item: _spoken_digit_clip(item, folder), items))
+    clips = torch.stack(clips)
+    labels = torch.tensor([digit for _, digit, _, _ in items], dtype=torch.int64)
+    with zio.atomic_path(cached) as tmp:
+        save_file({"clips": clips.contiguous(), "labels": labels}, str(tmp))
+    return clips, labels
 
 
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")  # the test photos

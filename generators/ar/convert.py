@@ -146,4 +146,7 @@ def to_official_config(config) -> dict[str, Any]:
     """`ARConfig` -> official ``ModelArgs`` fields (square grids only)."""
     if config.grid_size is None or config.grid_size[0] != config.grid_size[1]:
         raise ValueError(f"the official model has square 2-D grids only, this one has grid_size {config.grid_size}")
+    if config.shuffle_window != 1:
+        raise ValueError(f"the official model has no Token-Shuffle, this one has shuffle_window "
+                         f"{config.shuffle_window}")
     return {**{k: getattr(config, k) for k in _ARGS}, "model_type": "c2i"}

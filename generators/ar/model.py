@@ -26,6 +26,11 @@ softmax, then a draw. What differs (none of it changes the tokens beyond float r
   batch; with one shared ``generator`` (or torch's global RNG) the whole ``(B, V)`` noise is drawn at once, exactly
   as the official code does, so ``torch.manual_seed(s)`` reproduces the official samples;
 * prefix prompting (``prompt=``) and a per-step ``callback`` for inspection.
+
+Beyond the official model: **Token-Shuffle** (``shuffle_window = s > 1``, `token_shuffle`: the transformer reads
+``s x s`` windows of the grid and emits the ``s^2`` tokens of a window per step) and CFG schedules
+(``cfg_schedule``: constant, the official rule, or ramps over the tokens). ``s = 1`` with the constant schedule is
+the official model exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ from torch import nn
 from zoo import api
 from zoo.api import Generator, Tokens
 from zoo.registry import register_architecture
+
+from .token_shuffle import CFG_SCHEDULES, TokenShuffle, TokenUnshuffle, cfg_scale_at, shuffle_codes, unshuffle_codes
+
+
+def check_cfg_schedule(schedule) -> None:
+    if schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {schedule!r}")
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -69,6 +81,11 @@ class ARConfig:
         tokenizer: registry name of the paired tokenizer (filled from the ModelSpec by `zoo.load`), or None.
         cfg_scale, cfg_interval, temperature, top_k, top_p: sampling defaults (`generate` arguments left None).
         label_names: a name per class (`zoo generate --class NAME`, grid captions), or None.
+        shuffle_window: Token-Shuffle window ``s`` (`token_shuffle`): the transformer reads ``s x s`` windows of the
+            token grid, ``block_size / s^2`` positions, and emits one window per step. 1 = the plain GPT.
+        shuffle_mlp_blocks: residual MLP blocks of the shuffle and of the unshuffle (``s > 1`` only).
+        cfg_schedule: how the guidance scale ramps over the image tokens (`token_shuffle.CFG_SCHEDULES`;
+            ``"constant"`` is LlamaGen's).
     """
 
     architecture: str = "llamagen-gpt"
@@ -100,9 +117,12 @@ class ARConfig:
     top_k: int = 0
     top_p: float = 1.0
     label_names: tuple[str, ...] | None = None
+    shuffle_window: int = 1
+    shuffle_mlp_blocks: int = 2
+    cfg_schedule: str = "constant"
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("cfg_scale", "cfg_interval", "temperature", "top_k", "top_p",
-                                                 "label_names")
+                                                 "label_names", "cfg_schedule")
 
     def __post_init__(self):
         if self.label_names is not None:
@@ -132,10 +152,39 @@ class ARConfig:
             raise ValueError(f"modality must be 'image' or 'audio', got {self.modality!r}")
         api.check_sampling_args(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                                 cfg_scale=self.cfg_scale)
+        check_cfg_schedule(self.cfg_schedule)
+        s = self.shuffle_window
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"shuffle_window must be an int >= 1, got {s!r}")
+        if s > 1:
+            if self.grid_size is None or self.grid_size[0] % s or self.grid_size[1] % s:
+                raise ValueError(f"shuffle_window {s}: Token-Shuffle needs a token grid that tiles into {s} x {s} "
+                                 f"windows, got grid_size {self.grid_size}")
+            if self.dim % (s * s):
+                raise ValueError(f"shuffle_window {s}: dim {self.dim} must be a multiple of s^2 = {s * s}")
+            if self.shuffle_mlp_blocks < 0:
+                raise ValueError(f"shuffle_mlp_blocks must be >= 0, got {self.shuffle_mlp_blocks}")
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_head
+
+    @property
+    def slots(self) -> int:
+        """Tokens per transformer position (``shuffle_window ** 2``)."""
+        return self.shuffle_window ** 2
+
+    @property
+    def seq_len(self) -> int:
+        """Transformer positions per item after the class token (``block_size / shuffle_window ** 2``)."""
+        return self.block_size // self.slots
+
+    @property
+    def seq_grid(self) -> tuple[int, int] | None:
+        """The grid the transformer positions form (the window grid), or None for a 1-D sequence."""
+        if self.grid_size is None:
+            return None
+        return self.grid_size[0] // self.shuffle_window, self.grid_size[1] // self.shuffle_window
 
     @property
     def ffn_hidden(self) -> int:
@@ -150,14 +199,15 @@ class ARConfig:
 
 
 def rope_table(config: ARConfig, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)``, each ``(cls_token_num + block_size, head_dim / 2)`` float32: row p rotates position p. The
-    class-token rows are zero (not the identity), as in the official table."""
+    """``(cos, sin)``, each ``(cls_token_num + seq_len, head_dim / 2)`` float32: row p rotates position p (with
+    Token-Shuffle the positions are windows, rotated by their place in the window grid). The class-token rows are
+    zero (not the identity), as in the official table."""
     n = config.head_dim
     with torch.device(device):
         if config.grid_size is not None:
             half = n // 2
             freqs = 1.0 / (config.rope_base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
-            rows, cols = config.grid_size
+            rows, cols = config.seq_grid
             fy = torch.outer(torch.arange(rows), freqs)                                # (rows, n/4)
             fx = torch.outer(torch.arange(cols), freqs)                                # (cols, n/4)
             angles = torch.cat([fy[:, None, :].expand(rows, cols, -1), fx[None, :, :].expand(rows, cols, -1)],
@@ -289,12 +339,13 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None], sample: bool = True) -> torch.Tensor:
-    """One token per row of ``probs (B, V)``: ``argmax(probs / q)`` with ``q ~ Exp(1)`` (= ``torch.multinomial``).
+    """One token per row of ``probs (B, V)`` (or ``(B, S, V)``: S tokens per item, e.g. a Token-Shuffle window):
+    ``argmax(probs / q)`` with ``q ~ Exp(1)`` (= ``torch.multinomial``).
 
     All rows sharing one generator (or None: torch's global RNG) draw ``q`` in one call, as ``torch.multinomial``
-    does; otherwise row i draws its ``q`` from ``generators[i]``. ``sample=False``: the most likely token."""
+    does; otherwise item i draws its ``q`` from ``generators[i]``. ``sample=False``: the most likely token."""
     if not sample:
-        return torch.topk(probs, k=1, dim=-1)[1][:, 0]
+        return torch.topk(probs, k=1, dim=-1)[1][..., 0]
     if all(g is generators[0] for g in generators):
         q = torch.empty_like(probs).exponential_(1, generator=generators[0])
     else:
@@ -333,14 +384,21 @@ class ARGenerator(Generator):
         self.layers = nn.ModuleList(TransformerBlock(c, dpr[i]) for i in range(c.n_layer))
         self.norm = RMSNorm(c.dim, eps=c.norm_eps)
         self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.slots = c.slots
+        if c.shuffle_window > 1:  # Token-Shuffle; s = 1 adds nothing (the plain GPT, the official state dict)
+            self.shuffle = TokenShuffle(c.dim, c.shuffle_window, c.shuffle_mlp_blocks, c.norm_eps)
+            self.unshuffle = TokenUnshuffle(c.dim, c.shuffle_window, c.shuffle_mlp_blocks, c.norm_eps)
         self._rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per device, float32, built on first use
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """The official init: every Linear / Embedding weight ~ N(0, initializer_range), the head zero."""
+        """The official init: every Linear / Embedding weight ~ N(0, initializer_range), the head zero. The
+        Token-Shuffle MLPs keep PyTorch's default init (scaled to their fan-in): with N(0, 0.02) the compressed
+        token embeddings reach the transformer ~100x smaller than with it, and training starts much slower."""
         std = self.config.initializer_range
+        shuffle = {id(m) for name in ("shuffle", "unshuffle") if hasattr(self, name) for m in getattr(self, name).modules()}
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module) not in shuffle:
                 nn.init.normal_(module.weight, mean=0.0, std=std)
         nn.init.zeros_(self.output.weight)
 
@@ -385,19 +443,27 @@ class ARGenerator(Generator):
     def forward(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
         """Teacher-forced logits: ``codes (B, L)`` (1 <= L <= block_size, reading order) -> ``(B, L, V)`` float32,
         where ``logits[:, j]`` predicts ``codes[:, j]`` from the class token and ``codes[:, :j]`` (the official
-        ``model(idx=codes[:, :-1], cond_idx=labels)``). In training mode labels are dropped to the null class with
-        probability ``class_dropout_prob``."""
+        ``model(idx=codes[:, :-1], cond_idx=labels)``). With Token-Shuffle, ``logits[:, j]`` predicts ``codes[:, j]``
+        from the class token and the windows before j's window, and L must be whole rows of windows. In training
+        mode labels are dropped to the null class with probability ``class_dropout_prob``."""
         codes = api.check_codes(codes, self.config.vocab_size, 2, "codes")
         b, n = codes.shape
         if n > self.block_size:
             raise ValueError(f"codes: at most block_size = {self.block_size} positions, got {n}")
         labels = self._check_labels(labels, b, codes.device)
-        h = torch.cat([self.cls_embedding(labels), self.tok_embeddings(codes[:, :-1])], dim=1)
-        h = self.tok_dropout(h)
+        s, grid = self.config.shuffle_window, self.config.grid_size
+        if s > 1:
+            windows = shuffle_codes(codes, grid, s)                                   # (B, W, s^2)
+            inputs = self.shuffle(self.tok_embeddings(windows[:, :-1]))               # (B, W - 1, D)
+        else:
+            inputs = self.tok_embeddings(codes[:, :-1])                               # (B, L - 1, D)
+        h = self.tok_dropout(torch.cat([self.cls_embedding(labels), inputs], dim=1))
         cos, sin = self.rope(h.device)
-        cos, sin = cos[:n], sin[:n]
+        cos, sin = cos[: h.shape[1]], sin[: h.shape[1]]
         for layer in self.layers:
             h = layer(h, cos, sin)
+        if s > 1:
+            return unshuffle_codes(self.output(self.unshuffle(self.norm(h))).float(), grid, s)  # (B, L, V)
         return self.output(self.norm(h)).float()
 
     def loss(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
@@ -455,8 +521,8 @@ class ARGenerator(Generator):
                  cfg_scale: float | None = None, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, steps: int | None = None, seed: int | Sequence[int] | None = None,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                 cfg_interval: int | None = None, sample: bool = True, progress: bool = False,
-                 callback: Callable[[dict[str, Any]], None] | None = None) -> Tokens:
+                 cfg_interval: int | None = None, cfg_schedule: str | None = None, sample: bool = True,
+                 progress: bool = False, callback: Callable[[dict[str, Any]], None] | None = None) -> Tokens:
         """Sample codes autoregressively (the official ``generate``; see the module docstring).
 
         Args:
@@ -472,8 +538,11 @@ class ARGenerator(Generator):
             cfg_interval: guidance is applied to tokens ``0..cfg_interval + 1`` of the sequence (positions counted
                 from the first prompt token), then switched off for good; -1 = always (the official rule: decode
                 step i, which draws token i + 1, is unguided once ``cfg_interval > -1 and i > cfg_interval``).
+            cfg_schedule: how the scale ramps over the tokens (`token_shuffle.cfg_scale_at`: "constant" = the
+                official rule, "linear", "half-linear", "cosine").
             sample: False = greedy (the most likely token; no random draws).
-            callback: called after every token with ``{"index", "model_logits", "logits", "probs", "tokens"}``:
+            callback: called after every step (one token, or one window of ``s^2`` tokens with Token-Shuffle:
+                then every tensor below has a slot dimension before the vocabulary) with ``{"index", "model_logits", "logits", "probs", "tokens"}``:
                 the raw model output rows, the logits handed to sampling (after CFG, before temperature), the
                 probabilities drawn from, and the tokens drawn.
         """
@@ -483,6 +552,8 @@ class ARGenerator(Generator):
         top_k = c.top_k if top_k is None else top_k
         top_p = c.top_p if top_p is None else top_p
         cfg_interval = c.cfg_interval if cfg_interval is None else cfg_interval
+        cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
+        check_cfg_schedule(cfg_schedule)
         api.check_sampling_args(num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
                                 cfg_scale=cfg_scale, steps=steps)
         if isinstance(cfg_interval, bool) or not isinstance(cfg_interval, (int, float)):
@@ -499,6 +570,12 @@ class ARGenerator(Generator):
         if tok is not None and tok.token_layout in ("grid", "residual_grid") and k + steps != self.block_size:
             raise ValueError(f"steps: {tok.name or tok.architecture} decodes full grids of {self.block_size} tokens, "
                              f"{k} prompt + {steps} new tokens do not fill one")
+        if self.slots > 1:  # Token-Shuffle reads and writes whole windows
+            window_row = self.config.shuffle_window * self.config.grid_size[1]
+            if k % window_row or (k + steps) % window_row:
+                raise ValueError(f"Token-Shuffle (window {self.config.shuffle_window}) generates whole rows of "
+                                 f"windows: the prompt ({k} tokens) and prompt + steps ({k + steps}) must be "
+                                 f"multiples of {window_row} tokens")
         guided = cfg_scale > 1.0
         if guided and (self.num_classes is None or not self.has_null_class):
             raise ValueError(f"cfg_scale {cfg_scale} > 1 needs a null class, which "
@@ -508,66 +585,81 @@ class ARGenerator(Generator):
         generators = api.item_generators(batch, seed=seeds, generator=generator, device=device)
         cond = (torch.full((batch,), self.null_class, dtype=torch.long) if labels is None else labels).to(device)
         codes = self._sample(cond, prompt_codes, steps, guided=guided, cfg_scale=float(cfg_scale),
-                             cfg_interval=cfg_interval, temperature=float(temperature), top_k=int(top_k),
+                             cfg_interval=cfg_interval, cfg_schedule=cfg_schedule,
+                             temperature=float(temperature), top_k=int(top_k),
                              top_p=float(top_p), generators=generators, sample=sample, progress=progress,
                              callback=callback)
         return self._to_tokens(codes, tok, labels, seeds)
 
     def _sample(self, cond: torch.Tensor, prompt: torch.Tensor, steps: int, *, guided: bool, cfg_scale: float,
-                cfg_interval: float, temperature: float, top_k: int, top_p: float, generators, sample: bool,
-                progress: bool, callback) -> torch.Tensor:
-        """The decoding loop with a static KV cache: prefill (class token + prompt), then one token per step."""
+                cfg_interval: float, cfg_schedule: str, temperature: float, top_k: int, top_p: float, generators,
+                sample: bool, progress: bool, callback) -> torch.Tensor:
+        """The decoding loop with a static KV cache: prefill (class token + prompt), then one position per step
+        (one token, or one window of ``slots`` tokens with Token-Shuffle). Returns codes ``(B, k + steps)`` in
+        reading order."""
         c = self.config
+        slots, grid = self.slots, c.grid_size
         batch, k = prompt.shape
+        kw, sw = k // slots, steps // slots  # prompt positions and decode steps (windows with Token-Shuffle)
+        total = k + steps
         rows = 2 * batch if guided else batch
-        n_pos = c.cls_token_num + k + steps - 1  # the last drawn token is never fed back
+        n_pos = c.cls_token_num + kw + sw - 1  # the last drawn position is never fed back
         n_kv = c.n_kv_head or c.n_head
         dtype = self.tok_embeddings.weight.dtype
         cache = torch.zeros(c.n_layer, 2, rows, n_kv, max(n_pos, 1), c.head_dim, dtype=dtype, device=cond.device)
         caches = [(cache[i, 0], cache[i, 1]) for i in range(c.n_layer)]
         cos, sin = self.rope(cond.device)
-        out = torch.empty(batch, k + steps, dtype=torch.long, device=cond.device)
-        out[:, :k] = prompt
+        out = torch.empty(batch, kw + sw, slots, dtype=torch.long, device=cond.device)  # (B, positions, slots)
+        out[:, :kw] = shuffle_codes(prompt, grid, c.shuffle_window) if slots > 1 else prompt[..., None]
+
+        def embed(codes: torch.Tensor) -> torch.Tensor:  # (rows, n, slots) -> (rows, n, D)
+            return self.shuffle(self.tok_embeddings(codes)) if slots > 1 else self.tok_embeddings(codes[..., 0])
 
         def run(h: torch.Tensor, start: int) -> torch.Tensor:
             n = h.shape[1]
             cs, sn = cos[start: start + n], sin[start: start + n]
             for layer, kv in zip(self.layers, caches):
                 h = layer(h, cs, sn, kv, start)
-            return self.output(self.norm(h[:, -1:]))[:, 0].float()  # (rows, V): the last position only
+            h = self.norm(h[:, -1])  # (rows, D): the last position only
+            return self.output(self.unshuffle(h) if slots > 1 else h[:, None]).float()  # (rows, slots, V)
 
         ids = torch.cat([cond, torch.full_like(cond, self.null_class)]) if guided else cond
         h = self.cls_embedding.embedding_table(ids)[:, None]
-        if k:
-            h = torch.cat([h, self.tok_embeddings(prompt.repeat(rows // batch, 1))], dim=1)
+        if kw:
+            h = torch.cat([h, embed(out[:, :kw].repeat(rows // batch, 1, 1))], dim=1)
         model_logits = run(h, 0)
-        iterator = range(steps)
+        iterator = range(sw)
         if progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(iterator, desc=f"{self.name or self.architecture}", unit="tok")
+            iterator = tqdm(iterator, desc=f"{self.name or self.architecture}", unit="tok" if slots == 1 else "step")
         for t in iterator:
-            index = k + t  # position of this token in the code sequence
+            pos = kw + t  # position of this step's token (window) in the sequence
             if t > 0:
-                prev = out[:, index - 1: index]
+                prev = out[:, pos - 1: pos]
                 if guided:
-                    prev = prev.repeat(2, 1)
-                model_logits = run(self.tok_embeddings(prev), c.cls_token_num + index - 1)
+                    prev = prev.repeat(2, 1, 1)
+                model_logits = run(embed(prev), c.cls_token_num + pos - 1)
             logits = model_logits
             if guided:
-                if cfg_interval <= -1 or index - 1 <= cfg_interval:  # official: decode step i = index - 1
+                first = pos * slots  # the official rule, in tokens: decode step i = first - 1
+                if cfg_interval <= -1 or first - 1 <= cfg_interval:
+                    scale = cfg_scale_at(cfg_schedule, cfg_scale, first + slots, total)
                     cond_logits, uncond_logits = logits.split(batch, dim=0)
-                    logits = uncond_logits + (cond_logits - uncond_logits) * cfg_scale
+                    logits = uncond_logits + (cond_logits - uncond_logits) * scale
                 else:  # guidance is off for good: keep the conditional half of the batch only
                     guided = False
                     caches = [(kc[:batch], vc[:batch]) for kc, vc in caches]
                     logits = logits[:batch]
             probs = F.softmax(filter_logits(logits / max(temperature, 1e-5), top_k, top_p), dim=-1)
-            out[:, index] = draw(probs, generators, sample)
+            out[:, pos] = draw(probs, generators, sample)
             if callback is not None:
-                callback({"index": index, "model_logits": model_logits, "logits": logits, "probs": probs,
-                          "tokens": out[:, index]})
-        return out
+                squeeze = (lambda x: x[:, 0]) if slots == 1 else (lambda x: x)
+                callback({"index": pos * slots, "model_logits": squeeze(model_logits), "logits": squeeze(logits),
+                          "probs": squeeze(probs), "tokens": squeeze(out[:, pos])})
+        if slots > 1:
+            return unshuffle_codes(out, grid, c.shuffle_window)
+        return out[..., 0]
 
     def _to_tokens(self, codes: torch.Tensor, tok, labels, seeds) -> Tokens:
         meta = {}
@@ -589,7 +681,7 @@ class ARGenerator(Generator):
     def capabilities(self) -> dict[str, Any]:
         c = self.config
         return {**super().capabilities(), "num_classes": self.num_classes, "tokens_per_item": c.block_size,
-                "grid_size": c.grid_size, "vocab_size": c.vocab_size,
+                "tokens_per_step": c.slots, "grid_size": c.grid_size, "vocab_size": c.vocab_size,
                 "default_sampling": {f: getattr(c, f) for f in ARConfig.RUNTIME_FIELDS}}
 
     def card_facts(self) -> dict[str, Any]:
@@ -601,17 +693,24 @@ class ARGenerator(Generator):
             "layers / heads / width": f"{c.n_layer} / {c.n_head} / {c.dim}",
             "token layout": f"{layout} ({shape}, {c.block_size} tokens per item)",
             "vocabulary": c.vocab_size,
-            "rotary embedding": "2-D (rows, columns)" if c.grid_size else "1-D",
-            "sampling defaults": f"cfg {c.cfg_scale:g}, temperature {c.temperature:g}, top-k {c.top_k}, "
+            "rotary embedding": ("2-D (rows, columns" + (" of the window grid)" if c.slots > 1 else ")")
+                                 if c.grid_size else "1-D"),
+            **({"token-shuffle": f"{c.shuffle_window} x {c.shuffle_window} windows ({c.seq_len} positions, "
+                                 f"{c.slots} tokens per step), {c.shuffle_mlp_blocks} residual MLP blocks each side"}
+               if c.slots > 1 else {}),
+            "sampling defaults": f"cfg {c.cfg_scale:g} ({c.cfg_schedule}), temperature {c.temperature:g}, top-k {c.top_k}, "
                                  f"top-p {c.top_p:g}",
         }
 
-    def evaluate(self, split: str = "test", per_class: int = 1000) -> dict[str, Any]:
-        """Fashion-MNIST class-conditional generators: the zoo's generation table for this model (references, this
-        model at its settings and without CFG; generators.quality.protocol), against the real `split` images."""
-        from generators.quality import protocol
+    def evaluate(self, split: str = "test", per_class: int | None = None) -> dict[str, Any]:
+        """The zoo's generation table for this model (references, this model at its settings and without CFG),
+        against the real `split`: Fashion-MNIST for image generators (generators.quality.protocol, 1,000 samples
+        per class), spoken digits for audio generators (generators.quality.audio_protocol, 100 per digit)."""
+        from generators.quality import audio_protocol, protocol
 
-        return protocol.generation_table([self], per_class=per_class, split=split)
+        judge = protocol if self.modality == "image" else audio_protocol
+        per_class = per_class or (1000 if self.modality == "image" else 100)
+        return judge.generation_table([self], per_class=per_class, split=split)
 
     def card_usage(self) -> str:
         cls = f"[0, {self.num_classes - 1}], " if self.num_classes else ""

@@ -1,5 +1,7 @@
 """Training recipe of the class-conditional GPT (`ARGenerator`) on `zoo.training.train_loop`: any single-codebook
-tokenizer, Fashion-MNIST classes (the bundled `llamagen-gpt-tiny-fashion` over `llamagen-vq-tiny-fashion`).
+tokenizer, any dataset of `DATASETS`: Fashion-MNIST classes (the bundled `llamagen-gpt-tiny-fashion` and
+`token-shuffle-gpt-tiny-fashion` over `llamagen-vq-tiny-fashion`) or spoken digits (`llamagen-gpt-tiny-spoken-digits`
+over `wavtokenizer-tiny-75tps`).
 
 * **Pre-tokenized once**: the train split is encoded by the tokenizer in batches (`pretokenize`) and cached in the
   run folder (``RUN/tokens/<dataset>-<split>.safetensors``: codes ``(N, L)`` in reading order and labels). The file
@@ -53,8 +55,20 @@ def fashion_mnist_images(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return data.fashion_mnist_rgb32(images), labels
 
 
-# dataset name -> split -> (images (N, 3, H, W) in [0, 1], labels (N,) int64)
-DATASETS: dict[str, Callable[[str], tuple[torch.Tensor, torch.Tensor]]] = {"fashion-mnist": fashion_mnist_images}
+def spoken_digit_clips(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spoken digits of `split` (`zoo.data.spoken_digits`) as a batch of mono clips ``(N, 1, 24000)`` at 24 kHz
+    (1.0 s each) and their digits (10 classes)."""
+    clips, labels = data.spoken_digits(split)
+    return clips[:, None], labels
+
+
+# dataset name -> split -> (items (N, ...) as the tokenizer's `encode` takes a batch, labels (N,) int64)
+DATASETS: dict[str, Callable[[str], tuple[torch.Tensor, torch.Tensor]]] = {
+    "fashion-mnist": fashion_mnist_images,   # images (N, 3, 32, 32) in [0, 1]
+    "spoken-digits": spoken_digit_clips,     # audio (N, 1, 24000) at 24 kHz
+}
+ENCODE_KWARGS: dict[str, dict[str, Any]] = {"spoken-digits": {"sample_rate": data.SPEECH_SAMPLE_RATE}}
+MODALITY = {"fashion-mnist": "image", "spoken-digits": "audio"}
 CACHE_KEY = "tokzoo.pretokenized"
 
 
@@ -76,17 +90,19 @@ def tokenizer_key(tokenizer) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def encode_images(tokenizer, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, tuple | None]:
-    """Encode images ``(N, 3, H, W)`` in [0, 1] in batches with any single-codebook tokenizer: codes ``(N, L)``
+def encode_items(tokenizer, images: torch.Tensor, batch_size: int = 256,
+                 **encode_kwargs) -> tuple[torch.Tensor, tuple | None]:
+    """Encode a batch of items (images ``(N, 3, H, W)`` in [0, 1], clips ``(N, 1, T)``) in batches with any
+    single-codebook tokenizer: codes ``(N, L)``
     int64 in the tokenizer's reading order (``tok.to_sequence(tok.encode(x))``) on CPU, and the token grid ``(H, W)``
     (grid layouts) or None."""
     out, grid = [], None
     for i in range(0, len(images), batch_size):
-        tokens = tokenizer.encode(images[i: i + batch_size].to(tokenizer.device))
-        if tokens.lengths is not None:
-            raise ValueError(f"{tokenizer.name or tokenizer.architecture}: variable-length tokens (lengths) cannot "
-                             "be pre-tokenized into fixed sequences")
+        tokens = tokenizer.encode(images[i: i + batch_size].to(tokenizer.device), **encode_kwargs)
         seq = tokenizer.to_sequence(tokens)
+        if tokens.lengths is not None and bool((tokens.lengths != seq.shape[1]).any()):
+            raise ValueError(f"{tokenizer.name or tokenizer.architecture}: variable-length tokens (lengths "
+                             f"{sorted(set(tokens.lengths.tolist()))}) cannot be pre-tokenized into fixed sequences")
         if seq.shape[-1] != 1:
             raise ValueError(f"{tokenizer.name or tokenizer.architecture} has {seq.shape[-1]} codes per position; the "
                              "GPT reads one (a single-codebook tokenizer)")
@@ -143,6 +159,11 @@ def pretokenize(run_dir: str | Path, tokenizer, *, dataset: str = "fashion-mnist
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    if tokenizer.modality != MODALITY[dataset]:
+        fitting = sorted(k for k, v in MODALITY.items() if v == tokenizer.modality)
+        raise ValueError(f"dataset {dataset!r} holds {MODALITY[dataset]} data, the tokenizer "
+                         f"{tokenizer.name or tokenizer.architecture} reads {tokenizer.modality}: use one of {fitting} "
+                         "(--dataset)")
     path = cache_path(run_dir, dataset, split)
     key = {**tokenizer_key(tokenizer), "dataset": dataset, "split": split}
 
@@ -166,7 +187,7 @@ def pretokenize(run_dir: str | Path, tokenizer, *, dataset: str = "fashion-mnist
         images, labels = DATASETS[dataset](split)
         if items is not None:
             images, labels = images[:items], labels[:items]
-        codes, grid = encode_images(tokenizer, images, batch_size)
+        codes, grid = encode_items(tokenizer, images, batch_size, **ENCODE_KWARGS.get(dataset, {}))
         meta = {**key, "items": items, "count": len(codes), "grid_size": list(grid) if grid else None,
                 "vocab_size": int(tokenizer.codebook_size), "length": int(codes.shape[1])}
         dtype = torch.int32 if tokenizer.codebook_size < 2 ** 31 else torch.int64
@@ -336,7 +357,9 @@ def train(tc: ARTrainConfig, config: ARConfig, tokenizer, output_dir: str | Path
         s.update("model", loss, max_grad_norm=tc.max_grad_norm)
         ema = s.accelerator.unwrap_model(s.models["ema"])
         ema.update(s.accelerator.unwrap_model(s.models["model"]), ema_factor(tc.ema_decay, s.index))
-        losses.append(loss.detach())
+        # a copy: the detached 0-d loss shares its storage with the step's logits, kept alive (~8 MB per step) by
+        # the list otherwise; .item() would force a device sync every step
+        losses.append(loss.detach().clone())
         return {"loss": loss}
 
     loop = LoopConfig(steps=tc.steps, warmup_steps=tc.warmup_steps, seed=tc.seed, save_every=tc.save_every,

@@ -72,7 +72,12 @@ def train(tc: ClassifierTrainConfig, output_dir: str, resume: bool = False,
 
 
 def model_from_checkpoint(checkpoint: str | Path, spec, run: str | Path | None = None) -> FashionClassifier:
-    """The model of a `train` checkpoint folder, with the config of registry entry `spec` (`zoo eval`)."""
+    """The model of a `train` checkpoint folder, with the config of registry entry `spec` (`zoo eval`; the family's
+    checkpoint reader: the spoken-digit classifier's is `audio_train.model_from_checkpoint`)."""
+    if spec.architecture == "digit-cnn":
+        from .audio_train import model_from_checkpoint as digit_model_from_checkpoint
+
+        return digit_model_from_checkpoint(checkpoint, spec, run)
     model = FashionClassifier(FashionClassifierConfig(**spec.config))
     load_into(model, checkpoint_model_state(checkpoint), source=str(Path(checkpoint) / "model.safetensors"))
     model.card_info["spec"] = spec
