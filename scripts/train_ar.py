@@ -1,15 +1,16 @@
-"""Train a class-conditional GPT (LlamaGen architecture) on a tokenizer's codes of Fashion-MNIST or spoken digits,
-and export it.
+"""Train a class-conditional generator (a LlamaGen GPT, Token-Shuffle, TokenBridge: any generator entry) on a
+tokenizer's codes of Fashion-MNIST or spoken digits, and export it.
 
     python scripts/train_ar.py --out runs/ar-fashion --export weights/llamagen-gpt-tiny-fashion
     python scripts/train_ar.py --out runs/ar-fashion --resume                     # continue (bit-exact on CPU)
     python scripts/train_ar.py --tokenizer local-dir:path/to/vq --name llamagen-gpt-tiny-fashion --out runs/ar-x
     python scripts/train_ar.py --name token-shuffle-gpt-tiny-fashion --out runs/ts-fashion      # Token-Shuffle s=2
     python scripts/train_ar.py --name llamagen-gpt-tiny-spoken-digits --dataset spoken-digits --out runs/ar-digits
+    python scripts/train_ar.py --name tokenbridge-tiny-fashion --out runs/tb-fashion                 # TokenBridge
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_ar.py ...       # 2 processes
     accelerate launch scripts/train_ar.py ...                                                   # GPUs
 
-The recipe is generators/ar/train.py on the zoo's one training loop (zoo.training.train_loop): the train split is
+The recipe is generators/trainer.py on the zoo's one training loop (zoo.training.train_loop): the train split is
 encoded once by ``--tokenizer`` (a registry name or local-dir:PATH; default: the entry's paired tokenizer) and
 cached in ``--out/tokens/`` (reused on ``--resume``, refused for another tokenizer); the architecture is the
 registry entry ``--name``. AdamW (0.9, 0.95), weight decay 0.05, warmup + cosine, gradient clipping 1.0, CFG label
@@ -23,9 +24,8 @@ import argparse
 import torch
 
 import zoo
-from generators.ar import ARConfig
-from generators.ar.train import ARTrainConfig, export, train
-from zoo import hub
+from generators.trainer import GeneratorTrainConfig, export, train
+from zoo import hub, registry
 from zoo.training import add_config_arguments, config_from_arguments
 
 HELP = {"steps": "global steps", "batch_size": "sequences per step and process", "lr": "peak learning rate",
@@ -40,16 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="registry name or local-dir:PATH of the tokenizer (default: the entry's tokenizer)")
     parser.add_argument("--export", default=None, metavar="DIR", help="zoo-layout folder for the final EMA model")
-    add_config_arguments(parser, ARTrainConfig, help=HELP)
+    add_config_arguments(parser, GeneratorTrainConfig, help=HELP)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = zoo.model_info(args.name)
-    if spec.kind != "generator" or spec.architecture != "llamagen-gpt":
-        parser.error(f"--name {args.name}: not a LlamaGen GPT entry")
-    tc = config_from_arguments(ARTrainConfig, args)
-    config = ARConfig(**hub.spec_config(spec))
+    if spec.kind != "generator":
+        parser.error(f"--name {args.name}: not a generator entry (a {spec.kind})")
+    tc = config_from_arguments(GeneratorTrainConfig, args)
+    config = registry.get_architecture(spec.architecture).config_class(**hub.spec_config(spec))
     result = train(tc, config, args.tokenizer or spec.tokenizer, args.out, resume=args.resume)
     from accelerate import PartialState
 

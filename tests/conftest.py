@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("TOKZOO_SHARED", REPO.parent / "shared"))
 # Where the parity fixtures must be present (CI lays ../shared beside the clone; TOKZOO_REQUIRE_FIXTURES=1 asks for
 # the same elsewhere), their absence fails the run instead of skipping ~100 tests.
-FIXTURE_FAMILIES = ("flextok", "vit_accel", "wavtokenizer")
+FIXTURE_FAMILIES = ("flextok", "tokenbridge", "vit_accel", "wavtokenizer")
 REQUIRE_FIXTURES = os.environ.get("TOKZOO_REQUIRE_FIXTURES", "1" if os.environ.get("CI") == "true" else "0") == "1"
 
 
@@ -42,6 +42,13 @@ TINY_OVERRIDES = {
 
 
 TINY_OVERRIDES["quality"] = dict(channels=(8, 8, 8), features=16)
+# the VAE / tokenizer: 32 px, stride 4, attention at 8 x 8; the generator pairs with it (8 x 8 x 4 codes of 64)
+TINY_OVERRIDES["tokenbridge"] = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, resolution=32, embed_dim=4,
+                                     attn_resolutions=(8,))
+TINY_OVERRIDES["tokenbridge_generator"] = dict(
+    grid_size=(8, 8), channels=4, levels=64, encoder_dim=32, encoder_depth=1, encoder_heads=2, decoder_dim=32,
+    decoder_depth=1, decoder_heads=2, channel_dim=16, channel_depth=1, channel_heads=2, num_classes=10, buffer_size=2,
+    num_iter=4)
 
 def codebook_from_latents_(model, seed: int = 0):
     """A random tiny WavTokenizer whose codebook rows are frames of its own latents (as k-means would start), so

@@ -15,8 +15,8 @@ import torch
 
 import zoo
 from generators.ar.model import ARConfig
-from generators.ar.train import (ARTrainConfig, check_fits, export, model_from_checkpoint, pretokenize, train,
-                                 weights_digest)
+from generators.ar.train import ARTrainConfig, check_fits
+from generators.trainer import export, model_from_checkpoint, pretokenize, train, weights_digest
 from zoo import data, hub, training
 
 from conftest import REPO, TINY_OVERRIDES

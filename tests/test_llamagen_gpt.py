@@ -194,6 +194,21 @@ def test_greedy_is_deterministic_and_matches_the_reference():
     assert torch.equal(a.codes.flatten(1), ref)
 
 
+def test_small_batch_products_give_the_same_samples():
+    """Batch-1 decoding with CFG (2 rows) routes its products through `zoo.small_batch`; off, the same tokens."""
+    model = tiny_model(3)
+    kw = dict(cfg_scale=3.0, top_k=20, seed=4)
+    steps_on, steps_off = [], []
+    fast = model.generate([2], callback=steps_on.append, **kw)
+    model.small_batch_rows = 0
+    try:
+        plain = model.generate([2], callback=steps_off.append, **kw)
+    finally:
+        del model.small_batch_rows
+    assert torch.equal(fast.codes, plain.codes)
+    assert max((a["logits"] - b["logits"]).abs().max().item() for a, b in zip(steps_on, steps_off)) < 1e-4
+
+
 # --- per-item seeds ------------------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import os
@@ -22,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+SAFE_PICKLE_GLOBALS = [argparse.Namespace]  # classes a weights-only pickle may hold beside tensors
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -69,7 +71,10 @@ def read_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> di
             ) from err
     if path.suffix in PICKLE_SUFFIXES:
         try:
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            # training scripts (MAE / MAR / TokenBridge) store their argparse.Namespace beside the weights: a plain
+            # attribute bag, allowed; anything else inside it is still refused
+            with torch.serialization.safe_globals(SAFE_PICKLE_GLOBALS):
+                return torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             if "Weights only load failed" in str(err):
                 found = str(err).split("Unsupported global:")[-1].split(" was not")[0].strip()

@@ -46,6 +46,8 @@ from torch import nn
 from zoo import api
 from zoo.api import Generator, Tokens
 from zoo.registry import register_architecture
+from zoo.sampling import draw, filter_logits
+from zoo.small_batch import MAX_ROWS, small_batch_linear
 
 from .token_shuffle import CFG_SCHEDULES, TokenShuffle, TokenUnshuffle, cfg_scale_at, shuffle_codes, unshuffle_codes
 
@@ -323,36 +325,6 @@ class ClassEmbedder(nn.Module):
 # sampling
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """The official ``top_k_top_p_filtering``: keep logits >= the k-th largest, then the smallest set of the largest
-    whose softmax sums past `top_p` (the first token that crosses is kept); the rest become -inf."""
-    if top_k > 0:
-        kth = torch.topk(logits, min(max(top_k, 1), logits.shape[-1]))[0][..., -1, None]
-        logits = logits.masked_fill(logits < kth, -float("inf"))
-    if top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
-        remove = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1) > top_p
-        remove[..., 1:] = remove[..., :-1].clone()
-        remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(-1, sorted_idx, remove), -float("inf"))
-    return logits
-
-
-def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None], sample: bool = True) -> torch.Tensor:
-    """One token per row of ``probs (B, V)`` (or ``(B, S, V)``: S tokens per item, e.g. a Token-Shuffle window):
-    ``argmax(probs / q)`` with ``q ~ Exp(1)`` (= ``torch.multinomial``).
-
-    All rows sharing one generator (or None: torch's global RNG) draw ``q`` in one call, as ``torch.multinomial``
-    does; otherwise item i draws its ``q`` from ``generators[i]``. ``sample=False``: the most likely token."""
-    if not sample:
-        return torch.topk(probs, k=1, dim=-1)[1][..., 0]
-    if all(g is generators[0] for g in generators):
-        q = torch.empty_like(probs).exponential_(1, generator=generators[0])
-    else:
-        q = torch.stack([torch.empty_like(p).exponential_(1, generator=g) for p, g in zip(probs, generators)])
-    return torch.argmax(probs / q, dim=-1)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the generator
 
@@ -368,6 +340,9 @@ class ARGenerator(Generator):
 
     config_class = ARConfig
     modality = "image"
+    #: Decoding with at most this many rows per step (batch, x2 with CFG) runs its float32 CPU matrix products as
+    #: ``(W @ x.T).T`` (`zoo.small_batch.small_batch_linear`: 2-4x faster products on CPU); 0 turns it off.
+    small_batch_rows: int = MAX_ROWS
 
     def __init__(self, config: ARConfig):
         super().__init__(config)
@@ -468,10 +443,34 @@ class ARGenerator(Generator):
 
     def loss(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
         """Mean next-token cross-entropy over every position (the official training loss)."""
-        logits = self(codes, labels)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+        return self.training_loss(self(codes, labels), codes)
 
     # --- generation ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def check_training_codes(config: ARConfig, tokens) -> None:
+        """The GPT's vocabulary, length and grid must be those of the pre-tokenized codes (`generators.trainer`):
+        `ValueError` naming the fields to change."""
+        if tokens.codes.ndim != 2:
+            raise ValueError(f"the tokenizer {tokens.meta.get('tokenizer')} has {tokens.codes.shape[-1]} codes per "
+                             "position; the GPT reads one (a single-codebook tokenizer)")
+        wrong = {}
+        if config.vocab_size != tokens.vocab_size:
+            wrong["vocab_size"] = (config.vocab_size, tokens.vocab_size)
+        if config.block_size != tokens.codes.shape[1]:
+            wrong["block_size"] = (config.block_size, tokens.codes.shape[1])
+        if (tuple(config.grid_size) if config.grid_size else None) != tokens.grid_size:
+            wrong["grid_size"] = (config.grid_size, tokens.grid_size)
+        if config.num_classes and int(tokens.labels.max()) >= config.num_classes:
+            wrong["num_classes"] = (config.num_classes, int(tokens.labels.max()) + 1)
+        if wrong:
+            raise ValueError(f"the GPT does not fit the tokenizer {tokens.meta.get('tokenizer')}: "
+                             + ", ".join(f"{k} is {a}, the codes need {b}" for k, (a, b) in wrong.items()))
+
+    @staticmethod
+    def training_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy from `forward`'s logits ``(B, L, V)`` and the codes ``(B, L)``."""
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+
     def check_pairing(self, tok) -> None:
         if tuple(tok.vocab_sizes) != (self.config.vocab_size,):
             raise ValueError(f"{self.name or self.architecture} models {self.config.vocab_size} codes per position, "
@@ -584,11 +583,13 @@ class ARGenerator(Generator):
                                 " (class_dropout_prob = 0)") + ": use cfg_scale <= 1")
         generators = api.item_generators(batch, seed=seeds, generator=generator, device=device)
         cond = (torch.full((batch,), self.null_class, dtype=torch.long) if labels is None else labels).to(device)
-        codes = self._sample(cond, prompt_codes, steps, guided=guided, cfg_scale=float(cfg_scale),
-                             cfg_interval=cfg_interval, cfg_schedule=cfg_schedule,
-                             temperature=float(temperature), top_k=int(top_k),
-                             top_p=float(top_p), generators=generators, sample=sample, progress=progress,
-                             callback=callback)
+        rows = 2 * batch if guided else batch  # rows of every decode-step product
+        with small_batch_linear(rows <= self.small_batch_rows):
+            codes = self._sample(cond, prompt_codes, steps, guided=guided, cfg_scale=float(cfg_scale),
+                                 cfg_interval=cfg_interval, cfg_schedule=cfg_schedule,
+                                 temperature=float(temperature), top_k=int(top_k),
+                                 top_p=float(top_p), generators=generators, sample=sample, progress=progress,
+                                 callback=callback)
         return self._to_tokens(codes, tok, labels, seeds)
 
     def _sample(self, cond: torch.Tensor, prompt: torch.Tensor, steps: int, *, guided: bool, cfg_scale: float,

@@ -1,0 +1,67 @@
+"""TokenBridge's generator (MAR backbone + dimension-wise AR head) over post-training-quantized VAE latents."""
+
+from .convert import checkpoint_filter_fn, config_from_official
+from .model import KL16_CHANNEL_ORDER, TokenBridgeConfig, TokenBridgeGenerator, masked_after_step
+
+__all__ = ["KL16_CHANNEL_ORDER", "TokenBridgeConfig", "TokenBridgeGenerator", "checkpoint_filter_fn",
+           "config_from_official", "masked_after_step"]
+
+from zoo.registry import HubFile, ModelSpec, register_model  # noqa: E402
+
+from tokenizers_img.tokenbridge import CITATION  # noqa: E402
+
+# TokenBridge's README: "Download pre-trained TokenBridge models from huggingface (Epiphqny/TokenBridge), and save
+# the corresponding folder as pretrained_models"; its commands then read pretrained_models/tokenbridge/
+# tokenbridge_{large,huge}/checkpoint-last.pth. The Hub repo's file list and commits were not available offline:
+# the paths below follow that layout and the revision is the main branch (unpinned, unverified).
+REPO = "Epiphqny/TokenBridge"
+REVISION = "main"
+_SIZES = {  # name -> (official factory sizes, README FID-50K, eval cfg, temperature, params)
+    "l": (dict(encoder_dim=1024, encoder_depth=16, encoder_heads=16, decoder_dim=1024, decoder_depth=16,
+               decoder_heads=16, channel_dim=1024, channel_depth=4, channel_heads=8), 1.76, 3.1, 0.96, "486M",
+          "large"),
+    "h": (dict(encoder_dim=1280, encoder_depth=20, encoder_heads=16, decoder_dim=1280, decoder_depth=20,
+               decoder_heads=16, channel_dim=1024, channel_depth=6, channel_heads=8), 1.55, 3.45, 0.91, "910M",
+          "huge"),
+}
+for _size, (_arch, _fid, _cfg, _temp, _params, _long) in _SIZES.items():
+    register_model(ModelSpec(
+        name=f"tokenbridge-{_size}", family="tokenbridge_generator", kind="generator", modality="image",
+        architecture="tokenbridge", tokenizer="tokenbridge-kl16-6bit",
+        config=dict(_arch, grid_size=(16, 16), channels=16, levels=64, num_classes=1000, buffer_size=64,
+                    num_iter=256, cfg_scale=_cfg, cfg_schedule="linear", temperature=_temp),
+        hub_file=HubFile(REPO, f"tokenbridge/tokenbridge_{_long}/checkpoint-last.pth", REVISION),
+        filter_fn=checkpoint_filter_fn, license="mit", paper="https://arxiv.org/abs/2503.16430", citation=CITATION,
+        origin_url="https://github.com/YuqingWang1029/TokenBridge", codebook_size=64, num_codebooks=16,
+        tokens_per_item="256 positions x 16 channels / image", datasets=("imagenet-1k",),
+        tags=("image-generator", "masked-autoregressive", "class-conditional", "tokenbridge"),
+        description=f"TokenBridge-{_size.upper()} ({_params} parameters): class-conditional ImageNet 256 x 256 "
+                    "generator over the 6-bit per-channel codes of tokenbridge-kl16-6bit: a MAR encoder-decoder "
+                    "(random-order masked prediction, 256 steps) and a causal head that emits the 16 channel codes "
+                    f"of each position. README FID-50K {_fid} (cfg {_cfg}, linear, temperature {_temp}: the defaults "
+                    "here); not measured here.",
+        notes=f"Official checkpoint `tokenbridge/tokenbridge_{_long}/checkpoint-last.pth` of the Hub repo {REPO}: "
+              "the path follows the README's `pretrained_models` layout and the revision is the main branch, since "
+              "the repo's file list and commits were not available offline (not pinned, no sha256). A pickle with "
+              "'model', 'model_ema', 'optimizer', 'epoch', 'scaler' and 'args' (an argparse.Namespace, allowed by "
+              "the loader); the EMA parameters are loaded, as the official evaluation does.",
+    ))
+
+# The tiny generator trained here (scripts/train_ar.py --name tokenbridge-tiny-fashion) over the 8 x 8 x 8 codes of
+# tokenbridge-kl-tiny-fashion: MAR encoder / decoder 128 wide, 3 blocks each, a 64-wide 2-block channel head.
+FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot")
+TINY_FASHION = dict(grid_size=(8, 8), channels=8, levels=64, encoder_dim=128, encoder_depth=3, encoder_heads=4,
+                    decoder_dim=128, decoder_depth=3, decoder_heads=4, channel_dim=64, channel_depth=2,
+                    channel_heads=4, num_classes=10, buffer_size=16, num_iter=16, cfg_scale=2.0,
+                    cfg_schedule="linear", temperature=1.0, label_names=FASHION_LABELS)
+register_model(ModelSpec(
+    name="tokenbridge-tiny-fashion", family="tokenbridge_generator", kind="generator", modality="image",
+    architecture="tokenbridge", tokenizer="tokenbridge-kl-tiny-fashion", config=TINY_FASHION, license="mit",
+    paper="https://arxiv.org/abs/2503.16430", citation=CITATION, origin_url="https://github.com/YuqingWang1029/TokenBridge",
+    codebook_size=64, num_codebooks=8, tokens_per_item="64 positions x 8 channels / image",
+    datasets=("fashion-mnist",), tags=("image-generator", "masked-autoregressive", "class-conditional", "tiny",
+                                       "tokenbridge"),
+    description="A tiny TokenBridge generator trained here on Fashion-MNIST over the 6-bit per-channel codes of "
+                "tokenbridge-kl-tiny-fashion (8 x 8 positions x 8 channels), 10 classes.",
+))
