@@ -179,13 +179,13 @@ def main() -> None:
                     np.random.seed(batch)
                     torch.manual_seed(1)
                     with torch.inference_mode():
-                        latents = official.sample_tokens(batch, num_iter=num_iter, cfg=kw["cfg"],
-                                                         cfg_schedule="linear", labels=labels,
-                                                         temperature=kw["temperature"])
-                    return ours.quantizer.quantize(latents.flatten(2).transpose(1, 2))[0]
+                        return official.sample_tokens(batch, num_iter=num_iter, cfg=kw["cfg"],
+                                                      cfg_schedule="linear", labels=labels,
+                                                      temperature=kw["temperature"])  # dequantised latents
 
                 impls = {"ours": run_ours, "official": run_official}
                 outs = {name: fn() for name, fn in impls.items()}  # warm-up, and the outputs compared
+                outs["official"] = ours.quantizer.quantize(outs["official"].flatten(2).transpose(1, 2))[0]
                 same = torch.equal(outs["ours"], outs["official"])
                 if not same:
                     diff = (outs["ours"] != outs["official"]).any(-1).float().mean().item()

@@ -24,7 +24,10 @@ hooks of the generator class: ``check_training_codes(config, tokens)`` (the conf
 * The generator's config (with the tokenizer it was trained on) is written to ``RUN/generator.json``; a resumed run
   must use the same architecture.
 
-``scripts/train_ar.py`` and ``scripts/train_tokenbridge.py`` are the command lines.
+``scripts/train_ar.py --name ENTRY`` is the command line. The defaults are LlamaGen's (weight decay 0.05, clipping
+1.0, EMA 0.999 for short runs); TokenBridge's own recipe uses weight decay 0.02 and clipping 3.0 (its tiny model's
+card gives the flags), and quantizes a fresh posterior draw every step where this recipe encodes the posterior mode
+once.
 """
 
 from __future__ import annotations
@@ -325,6 +328,9 @@ def train(tc: GeneratorTrainConfig, config, tokenizer, output_dir: str | Path, r
     if tokenizer.name:
         config = dataclasses.replace(config, tokenizer=tokenizer.name)
     model_cls = generator_class(config)
+    missing = [hook for hook in ("check_training_codes", "training_loss") if not hasattr(model_cls, hook)]
+    if missing:
+        raise ValueError(f"{model_cls.__name__} cannot be trained by this recipe: it has no {' / '.join(missing)}")
     model_cls.check_training_codes(config, tokens)
     _record_config(output_dir, config, accelerator, resume)
     codes, labels = tokens.codes, tokens.labels

@@ -323,3 +323,26 @@ def test_trains_on_tokenizer_codes_and_samples_images(tmp_path):
     with pytest.raises(ValueError, match="channels"):
         TokenBridgeGenerator.check_training_codes(dataclasses.replace(config, channels=8, channel_order=None),
                                                   result.tokens)
+
+
+def test_zoo_generate_and_generate_image_script(tmp_path, monkeypatch):
+    """`zoo generate` and scripts/generate_image.py run TokenBridge unchanged (the bundled tiny model)."""
+    import importlib.util
+
+    import numpy as np
+
+    from conftest import REPO
+    from zoo import cli
+
+    assert cli.main(["generate", "tokenbridge-tiny-fashion", "--class", "Dress", "Sneaker", "-n", "2", "--seed",
+                     "0", "--steps", "4", "-o", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    spec = importlib.util.spec_from_file_location("generate_image", REPO / "scripts" / "generate_image.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    out = module.main(["tokenbridge-tiny-fashion", "-n", "3", "--out", str(tmp_path / "set"), "--batch-size", "2",
+                       "--steps", "4", "--seed", "1", "--npz", str(tmp_path / "s.npz"), "--threads", "1"])
+    assert out["written"] == 3
+    packed = np.load(tmp_path / "s.npz")
+    assert packed["images"].shape == (3, 32, 32, 3) and packed["labels"].tolist() == [0, 1, 2]

@@ -30,11 +30,15 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None], samp
     All rows sharing one generator (or None: torch's global RNG) draw ``q`` in one call, as ``torch.multinomial``
     does; otherwise item i draws its ``q`` from ``generators[i]``. ``sample=False``: the most likely token."""
     if not sample:
-        return torch.topk(probs, k=1, dim=-1)[1][..., 0]
+        return torch.topk(probs, k=1, dim=-1)[1][..., 0]  # the first index on ties, as argmax
+    def noise(shape, g: torch.Generator | None) -> torch.Tensor:  # on the generator's device (CPU seeds on GPU)
+        device = probs.device if g is None else g.device
+        return torch.empty(shape, dtype=probs.dtype, device=device).exponential_(1, generator=g).to(probs.device)
+
     if all(g is generators[0] for g in generators):
-        q = torch.empty_like(probs).exponential_(1, generator=generators[0])
+        q = noise(probs.shape, generators[0])
     else:
-        q = torch.stack([torch.empty_like(p).exponential_(1, generator=g) for p, g in zip(probs, generators)])
+        q = torch.stack([noise(p.shape, g) for p, g in zip(probs, generators)])
     return torch.argmax(probs / q, dim=-1)
 
 

@@ -34,7 +34,8 @@ class _SmallBatchLinear(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             rows = x.numel() // max(x.shape[-1], 1)
             if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-                    and 0 < rows <= self.max_rows and weight.dim() == 2):
+                    and (bias is None or bias.dtype == torch.float32) and 0 < rows <= self.max_rows
+                    and weight.dim() == 2 and weight.device.type == "cpu"):
                 x2 = x.reshape(rows, x.shape[-1])  # (rows, in)
                 if rows == 1:
                     x2 = x2.expand(2, -1)  # MKL's 2-column product beats its matrix-vector product

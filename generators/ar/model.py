@@ -584,7 +584,7 @@ class ARGenerator(Generator):
         generators = api.item_generators(batch, seed=seeds, generator=generator, device=device)
         cond = (torch.full((batch,), self.null_class, dtype=torch.long) if labels is None else labels).to(device)
         rows = 2 * batch if guided else batch  # rows of every decode-step product
-        with small_batch_linear(rows <= self.small_batch_rows):
+        with small_batch_linear(device.type == "cpu" and rows <= self.small_batch_rows, self.small_batch_rows):
             codes = self._sample(cond, prompt_codes, steps, guided=guided, cfg_scale=float(cfg_scale),
                                  cfg_interval=cfg_interval, cfg_schedule=cfg_schedule,
                                  temperature=float(temperature), top_k=int(top_k),

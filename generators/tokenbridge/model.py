@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, ClassVar, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
@@ -124,6 +125,9 @@ class TokenBridgeConfig:
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
             if dim % heads:
                 raise ValueError(f"{name}_dim {dim} is not a multiple of {name}_heads {heads}")
+        if not 0 < self.mask_ratio_min <= 1 or not 0 <= self.label_drop_prob <= 1:
+            raise ValueError(f"mask_ratio_min must be in (0, 1] and label_drop_prob in [0, 1], got "
+                             f"{self.mask_ratio_min}, {self.label_drop_prob}")
         if self.num_classes < 1 or self.buffer_size < 1:
             raise ValueError("num_classes and buffer_size must be >= 1 (the class slots carry the condition)")
         if self.label_names is not None:
@@ -183,6 +187,8 @@ class ChannelAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         causal = True
         if cache is not None:  # decoding one position at a time: it sees every written one
+            if n > 1 and start > 0:
+                raise ValueError("the cached channel head takes one position per call after the first")
             k_cache, v_cache = cache
             k_cache[:, :, start: start + n], v_cache[:, :, start: start + n] = k, v
             k, v = k_cache[:, :, : start + n], v_cache[:, :, : start + n]
@@ -356,7 +362,8 @@ class TokenBridgeGenerator(Generator):
         cache = features.new_zeros(len(self.channel_blocks), 2, n, c.channel_heads, self.channels, head_dim)
         x = cond[:, :1] + self.channel_embed[:, :1]  # the sampling quirk: position 0 reads cond + timestep 0
         out = []
-        with small_batch_linear(n <= MAX_ROWS):  # few rows (batch 1, many steps): CPU products as (W @ x.T).T
+        # few rows (batch 1, many steps): CPU products as (W @ x.T).T
+        with small_batch_linear(features.device.type == "cpu" and n <= MAX_ROWS):
             for i in range(self.channels):
                 out.append(self._channel_step(i, x, cond, cache, generators, b, k, temperature, top_k, top_p, sample,
                                               forced, callback))
@@ -384,7 +391,8 @@ class TokenBridgeGenerator(Generator):
 
     def sample_orders(self, batch: int, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
         """``(B, L)`` a random permutation of the positions per item."""
-        return torch.stack([torch.randperm(self.seq_len, generator=g) for g in generators]).to(self.device)
+        return torch.stack([torch.randperm(self.seq_len, generator=g, device="cpu" if g is None else g.device)
+                            .to(self.device) for g in generators])
 
     def training_mask_count(self) -> int:
         """Positions to mask: ``ceil(L r)``, r ~ N(1, 0.25) truncated to [mask_ratio_min, 1] (torch's RNG)."""
@@ -435,7 +443,7 @@ class TokenBridgeGenerator(Generator):
         if tokens.codes.ndim != 3 or tokens.codes.shape[2] != config.channels:
             wrong["channels"] = (config.channels, tokens.codes.shape[2] if tokens.codes.ndim == 3 else 1)
         if tokens.grid_size is None or tuple(config.grid_size) != tuple(tokens.grid_size):
-            wrong["grid_size"] = (config.grid_size, tokens.grid_size)
+            wrong["grid_size"] = (config.grid_size, tokens.grid_size or "a grid (these codes carry none)")
         if config.levels != tokens.vocab_size:
             wrong["levels"] = (config.levels, tokens.vocab_size)
         if int(tokens.labels.max()) >= config.num_classes:
@@ -463,7 +471,8 @@ class TokenBridgeGenerator(Generator):
 
     @torch.inference_mode()
     def generate(self, labels=None, *, num_samples: int = 1, cfg_scale: float | None = None,
-                 temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, steps: int | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 steps: int | None = None,
                  seed: int | Sequence[int] | None = None,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  cfg_schedule: str | None = None, orders: torch.Tensor | None = None, sample: bool = True,
@@ -474,7 +483,8 @@ class TokenBridgeGenerator(Generator):
         Args:
             labels: class ids, each giving `num_samples` items (label-major); None: the null class for every item.
             cfg_scale: guidance on the decoder features (used when != 1).
-            temperature: of the head's softmax; top_k / top_p (off by default; not in the official sampler).
+            temperature: of the head's softmax; top_k / top_p: filtering of every channel's logits (None = off,
+                as the official sampler has none).
             steps: ``num_iter``, the number of masked-prediction steps (1 .. L useful).
             seed: an int (sample k of every label uses ``seed + k``) or one int per item: per-item generators for
                 the order and the draws. generator: one ``torch.Generator`` shared by the batch (the official draws
@@ -492,6 +502,8 @@ class TokenBridgeGenerator(Generator):
         temperature = c.temperature if temperature is None else temperature
         cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
         num_iter = c.num_iter if steps is None else steps
+        top_k = 0 if top_k is None else top_k
+        top_p = 1.0 if top_p is None else top_p
         check_cfg_schedule(cfg_schedule)
         check_num_iter(num_iter)
         api.check_sampling_args(num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -504,6 +516,9 @@ class TokenBridgeGenerator(Generator):
         if orders is None:
             orders = self.sample_orders(batch, generators)
         orders = torch.as_tensor(orders, device=device)
+        if orders.is_floating_point() or orders.dtype == torch.bool:
+            raise ValueError(f"orders: integer position indices expected, got {orders.dtype}")
+        orders = orders.long()
         if orders.shape != (batch, seq_len) or not torch.equal(orders.sort(1).values,
                                                                  torch.arange(seq_len, device=device).expand_as(orders)):
             raise ValueError(f"orders: one permutation of 0..{seq_len - 1} per item ({batch}), got shape "
@@ -549,9 +564,9 @@ class TokenBridgeGenerator(Generator):
 
     def _unconditional_items(self, num_samples: int, seed):
         api.check_sampling_args(num_samples=num_samples)
-        if seed is None or not isinstance(seed, int):
+        if seed is None or not isinstance(seed, (int, np.integer)):
             return None, (None if seed is None else [int(s) for s in seed])
-        return None, [seed + k for k in range(num_samples)]
+        return None, [int(seed) + k for k in range(num_samples)]
 
     def _to_tokens(self, codes: torch.Tensor, labels, seeds) -> Tokens:
         meta: dict[str, Any] = {}
@@ -559,9 +574,8 @@ class TokenBridgeGenerator(Generator):
             meta["labels"] = labels.tolist()
         if seeds is not None:
             meta["seeds"] = list(seeds)
-        tok = self._paired if self._paired is not None else None
-        if tok is not None:
-            return tok.make_tokens(codes, **meta)
+        if self._paired is not None:
+            return self._paired.make_tokens(codes, **meta)
         if self.config.tokenizer:
             meta["model"] = self.config.tokenizer
         return Tokens(codes, "channels", (self.levels,), meta=meta)

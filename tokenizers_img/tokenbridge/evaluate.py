@@ -21,13 +21,14 @@ def fashion_table(tok, split: str = "test", batch_size: int = 500, limit: int | 
                   fewer_bits: tuple[int, ...] = (5, 4, 3, 2)) -> dict:
     images, labels = data.fashion_mnist(split)
     images, labels = images[:limit], labels[:limit]
-    latents = torch.cat([tok.autoencoder.encode(data.fashion_mnist_rgb32(images[i: i + batch_size]), resize="none")
+    latents = torch.cat([tok.autoencoder.encode(data.fashion_mnist_rgb32(images[i: i + batch_size]).to(tok.device),
+                                                resize="none").cpu()
                          for i in range(0, len(images), batch_size)])  # (N, C, h, w) scaled posterior modes
     c = tok.config
-    positions = latents.shape[-2] * latents.shape[-1] * latents.shape[1]
+    values_per_image = latents.shape[-2] * latents.shape[-1] * latents.shape[1]
 
     def decoded(z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([data.fashion_mnist_gray28(tok.autoencoder.decode(z[i: i + batch_size]))
+        return torch.cat([data.fashion_mnist_gray28(tok.autoencoder.decode(z[i: i + batch_size].to(tok.device)).cpu())
                           for i in range(0, len(z), batch_size)])
 
     real_acc, _, real_feats = classifier_view(images, labels, None)
@@ -43,11 +44,12 @@ def fashion_table(tok, split: str = "test", batch_size: int = 500, limit: int | 
     add("continuous VAE (posterior mode, float32)", "-", latents)
     codes = None
     for bits in (c.bits, *[b for b in fewer_bits if b < c.bits]):
-        q = tok.quantizer if bits == c.bits else GaussianQuantizer(2 ** bits, c.value_min, c.value_max, c.std_range)
+        q = GaussianQuantizer(2 ** bits, c.value_min, c.value_max, c.std_range)  # on CPU, as the latents
         q_codes, values = q.quantize(latents.flatten(2).transpose(1, 2))
-        codes = q_codes if bits == c.bits else codes
+        if bits == c.bits:
+            codes = q_codes
         add(f"quantized, {bits} bits per channel" + (" (this tokenizer)" if bits == c.bits else ""),
-            positions * bits, values.transpose(1, 2).reshape(latents.shape))
+            values_per_image * bits, values.transpose(1, 2).reshape(latents.shape))
     rows.append(["real images", "-", "-", "-", real_acc, 0.0])
     levels = tok.quantizer.levels
     p = torch.bincount(codes.flatten(), minlength=levels).double() / codes.numel()

@@ -97,6 +97,8 @@ class TokenBridgeTokenizer(ImageTokenizer):
         if c != self.channels:
             raise ValueError(f"codes: expected {self.channels} channels per position (B, N, {self.channels}), got "
                              f"{tuple(codes.shape)}")
+        if grid is not None and grid[0] * grid[1] != n:
+            raise ValueError(f"codes: {n} positions do not fill the {grid[0]} x {grid[1]} grid")
         grid = grid or self.grid_size()
         if grid[0] * grid[1] != n:
             side = math.isqrt(n)
