@@ -8,6 +8,8 @@
                                                                 # choose the CFG scale on the validation split
     python scripts/generation_table.py token-shuffle-gpt-tiny-fashion --split validation --per-class 100 \
         --cfg 2 3 --cfg-schedule constant half-linear                # and the CFG schedule
+    python scripts/generation_table.py tokenbridge-tiny-fashion --split validation --per-class 100 --cfg 2 3 \
+        --temperature 0.9 1.0 --steps 16                             # and the temperature
 
 Rows: the real test data and real train data and the paired tokenizers' reconstructions of the test set
 (references), then each generator at its chosen settings and without CFG; the judge's accuracy on the conditioning
@@ -42,6 +44,9 @@ def main() -> None:
     parser.add_argument("--cfg-schedule", nargs="+", default=None, metavar="S",
                         help="with --cfg: also sweep these CFG schedules (generators that take cfg_schedule, e.g. "
                              "the GPTs: constant, linear, half-linear, cosine)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=None, metavar="T",
+                        help="with --cfg: also sweep the sampling temperature")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (iterative generators)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
@@ -55,12 +60,14 @@ def main() -> None:
     judge = protocol if modalities == {"image"} else audio_protocol
     if args.per_class is None:
         args.per_class = 1000 if judge is protocol else 100
-    if args.cfg_schedule and not args.cfg:
-        parser.error("--cfg-schedule is a sweep option: give --cfg too")
+    if (args.cfg_schedule or args.temperature or args.steps) and not args.cfg:
+        parser.error("--cfg-schedule, --temperature and --steps are sweep options: give --cfg too")
     if args.cfg:
         schedules = [{"cfg_schedule": s} for s in args.cfg_schedule] if args.cfg_schedule else [{}]
-        rows = [row for gen in generators for scale in args.cfg for schedule in schedules
-                for row in judge.generator_rows(gen, args.per_class, {"cfg_scale": scale, **schedule},
+        temperatures = [{"temperature": t} for t in args.temperature] if args.temperature else [{}]
+        steps = {"steps": args.steps} if args.steps else {}
+        rows = [row for gen in generators for scale in args.cfg for schedule in schedules for temp in temperatures
+                for row in judge.generator_rows(gen, args.per_class, {"cfg_scale": scale, **schedule, **temp, **steps},
                                                 speed=False, split=args.split, without_cfg=False)]
         table = {"description": f"CFG sweep, {args.per_class} samples per class, against the real {args.split} "
                                 f"data ({judge.__name__})", "columns": judge.COLUMNS, "rows": rows}

@@ -84,13 +84,34 @@ def test_llamagen_vq_tiny_fashion_quality():
     assert table["codes_used"] >= limits["codes_used"], table["description"]
 
 
+# Measured with `zoo eval tokenbridge-kl-tiny-fashion` (see the model card), all 10,000 test images: continuous VAE
+# 29.42 dB / SSIM 0.928, 6 bits 29.32 dB / 0.927 (near-lossless), 4 bits 28.22 dB, 2 bits 22.62 dB; the classifier
+# reads the 6-bit reconstructions at 89.82 %, Fréchet distance 0.088. This test runs the first 2,000 images.
+TOKENBRIDGE_TINY_FASHION = {"psnr": 28.8, "ssim": 0.91, "loss_6bit_db": 0.3, "gain_over_2bit_db": 4.0,
+                            "accuracy": 87.0, "frechet": 0.2}
+
+
+def test_tokenbridge_tiny_fashion_post_training_quantization():
+    from tokenizers_img.tokenbridge.evaluate import fashion_table
+
+    table = fashion_table(zoo.load("tokenbridge-kl-tiny-fashion"), limit=2000, fewer_bits=(2,))
+    (_, _, psnr_c, _, _, _), (_, _, psnr, ssim, accuracy, frechet), (_, _, psnr_2, _, _, _) = table["rows"][:3]
+    limits = TOKENBRIDGE_TINY_FASHION
+    assert psnr >= limits["psnr"] and ssim >= limits["ssim"], table["rows"]
+    assert psnr_c - psnr <= limits["loss_6bit_db"] and psnr - psnr_2 >= limits["gain_over_2bit_db"], table["rows"]
+    assert accuracy >= limits["accuracy"] and frechet <= limits["frechet"], table["rows"]
+
+
 # Measured with `python scripts/generation_table.py llamagen-gpt-tiny-fashion token-shuffle-gpt-tiny-fashion`
 # (1,000 samples per class, test split, at the settings chosen on the validation split; see README). This test draws
 # 30 per class (the same first seeds): plain GPT (CFG 5.0 half-linear) 90.67 %, 0.534, without CFG 69.67 %, 0.820;
 # Token-Shuffle s = 2 (CFG 3.0 half-linear) 91.33 %, 0.610, without CFG 74.67 %, 1.062. Thresholds leave a margin
 # for 300 samples.
+# TokenBridge (CFG 4.0 linear, temperature 0.7, 16 steps): see its card; validation, 100 per class: 92.7 %, 0.930,
+# without CFG (temperature 1.0) 75.6 %.
 GPT_TINY_FASHION = {"llamagen-gpt-tiny-fashion": {"accuracy": 86.0, "frechet": 0.8, "cfg_gain": 10.0},
-                    "token-shuffle-gpt-tiny-fashion": {"accuracy": 86.0, "frechet": 0.85, "cfg_gain": 10.0}}
+                    "token-shuffle-gpt-tiny-fashion": {"accuracy": 86.0, "frechet": 0.85, "cfg_gain": 10.0},
+                    "tokenbridge-tiny-fashion": {"accuracy": 85.0, "frechet": 1.5, "cfg_gain": 8.0}}
 
 
 @pytest.mark.parametrize("name", sorted(GPT_TINY_FASHION))

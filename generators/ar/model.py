@@ -47,7 +47,7 @@ from zoo import api
 from zoo.api import Generator, Tokens
 from zoo.registry import register_architecture
 from zoo.sampling import draw, filter_logits
-from zoo.small_batch import MAX_ROWS, small_batch_linear
+from zoo.small_batch import MAX_ROWS, MIN_WIDTH, small_batch_linear
 
 from .token_shuffle import CFG_SCHEDULES, TokenShuffle, TokenUnshuffle, cfg_scale_at, shuffle_codes, unshuffle_codes
 
@@ -341,8 +341,10 @@ class ARGenerator(Generator):
     config_class = ARConfig
     modality = "image"
     #: Decoding with at most this many rows per step (batch, x2 with CFG) runs its float32 CPU matrix products as
-    #: ``(W @ x.T).T`` (`zoo.small_batch.small_batch_linear`: 2-4x faster products on CPU); 0 turns it off.
+    #: ``(W @ x.T).T`` (`zoo.small_batch.small_batch_linear`: 2-4x faster products on CPU) when the model is at
+    #: least `small_batch_min_width` wide; 0 turns it off.
     small_batch_rows: int = MAX_ROWS
+    small_batch_min_width: int = MIN_WIDTH
 
     def __init__(self, config: ARConfig):
         super().__init__(config)
@@ -584,7 +586,8 @@ class ARGenerator(Generator):
         generators = api.item_generators(batch, seed=seeds, generator=generator, device=device)
         cond = (torch.full((batch,), self.null_class, dtype=torch.long) if labels is None else labels).to(device)
         rows = 2 * batch if guided else batch  # rows of every decode-step product
-        with small_batch_linear(device.type == "cpu" and rows <= self.small_batch_rows, self.small_batch_rows):
+        routed = device.type == "cpu" and rows <= self.small_batch_rows and c.dim >= self.small_batch_min_width
+        with small_batch_linear(routed, self.small_batch_rows):
             codes = self._sample(cond, prompt_codes, steps, guided=guided, cfg_scale=float(cfg_scale),
                                  cfg_interval=cfg_interval, cfg_schedule=cfg_schedule,
                                  temperature=float(temperature), top_k=int(top_k),

@@ -50,7 +50,7 @@ from zoo import api
 from zoo.api import Generator, Tokens
 from zoo.registry import register_architecture
 from zoo.sampling import draw, filter_logits
-from zoo.small_batch import MAX_ROWS, small_batch_linear
+from zoo.small_batch import MAX_ROWS, MIN_WIDTH, small_batch_linear
 
 #: The official head order of the 16 KL-16 channels (a plain attribute upstream: in no checkpoint).
 KL16_CHANNEL_ORDER = (8, 1, 10, 9, 6, 12, 4, 0, 3, 11, 7, 14, 2, 15, 13, 5)
@@ -363,7 +363,7 @@ class TokenBridgeGenerator(Generator):
         x = cond[:, :1] + self.channel_embed[:, :1]  # the sampling quirk: position 0 reads cond + timestep 0
         out = []
         # few rows (batch 1, many steps): CPU products as (W @ x.T).T
-        with small_batch_linear(features.device.type == "cpu" and n <= MAX_ROWS):
+        with small_batch_linear(features.device.type == "cpu" and n <= MAX_ROWS and c.channel_dim >= MIN_WIDTH):
             for i in range(self.channels):
                 out.append(self._channel_step(i, x, cond, cache, generators, b, k, temperature, top_k, top_p, sample,
                                               forced, callback))

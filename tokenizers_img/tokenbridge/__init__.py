@@ -49,10 +49,25 @@ TINY_FASHION = dict(embed_dim=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, att
                     bits=6)
 register_model(ModelSpec(
     name="tokenbridge-kl-tiny-fashion", family="tokenbridge", kind="tokenizer", modality="image",
-    architecture="tokenbridge-tokenizer", config=TINY_FASHION, license="mit",
+    architecture="tokenbridge-tokenizer", config=TINY_FASHION, bundled="tokenbridge-kl-tiny-fashion",
+    sha256="1e4d67e7cc1695f57a40299eb634c031635bcee7dfa6ab94589534490f38f598", license="mit",
     paper="https://arxiv.org/abs/2503.16430", citation=CITATION, origin_url="https://github.com/YuqingWang1029/TokenBridge",
     input_size=32, codebook_size=64, num_codebooks=8, tokens_per_item="64 positions x 8 channels / image",
     datasets=("fashion-mnist",), tags=("image-tokenizer", "post-training-quantization", "tiny", "tokenbridge"),
     description="A tiny KL VAE of MAR's architecture trained here on Fashion-MNIST (32 x 32 -> 8 x 8 x 8 latents), "
                 "quantized after training by TokenBridge's per-channel Gaussian quantizer at 6 bits.",
+    splits={"train": "Fashion-MNIST train split (55,000 images, zoo.data.fashion_mnist), as 32 x 32 RGB",
+            "validation": "the 5,000 validation images: not used (no setting was chosen; the quantizer has none)",
+            "test": "the 10,000 test images: the reconstruction table, reported once"},
+    notes="Trained here with `python scripts/train_kl_vae.py --out runs/kl-vae-fashion --kl-weight 1e-3` "
+          "(tokenizers_img/tokenbridge/train.py: 3,000 steps of batch 64, AdamW lr 1e-3 (betas 0.9, 0.95), 100 "
+          "warm-up steps then cosine, L1 + MSE reconstruction of a posterior draw plus 1e-3 x the KL divergence per "
+          "latent element; 29 min on 2 CPU cores); scaling factor 1.0658 = 1 / std of the posterior means of 10,000 "
+          "training images. The quantizer was not trained or tuned. Test split: continuous VAE 29.42 dB / SSIM 0.928, "
+          "6 bits 29.32 dB / 0.927 (near-lossless: -0.1 dB), 4 bits 28.22 dB, 2 bits 22.62 dB; the Fashion-MNIST "
+          "classifier reads the 6-bit reconstructions at 89.82 % (real images 91.70 %), Fréchet distance 0.088.",
+    limitations="Fashion-MNIST only (28 x 28 grey pictures on a 32 x 32 black border). No perceptual or adversarial "
+                "loss, so fine texture is smoothed. Its latents are only roughly Gaussian (per-channel std 0.49 .. "
+                "1.33 after the one global scale), so the equal-probability bins are not exactly equiprobable (code "
+                "entropy 5.70 of 6 bits).",
 ))
