@@ -535,11 +535,12 @@ class TokenBridgeGenerator(Generator):
             from tqdm.auto import tqdm
 
             iterator = tqdm(iterator, desc=self.name or self.architecture, unit="step")
+        rows = 2 if guided else 1  # conditional and unconditional passes as one batch
         for step in iterator:
             values = self.quantizer.dequantize(codes)
-            rows = 2 if guided else 1
-            x = self.encode_visible(values.repeat(rows, 1, 1), mask.repeat(rows, 1), class_embedding)
-            z = self.decode_features(x, mask.repeat(rows, 1))  # (rows B, L, D_dec)
+            rows_mask = mask.repeat(rows, 1)  # the conditional and unconditional rows share the canvas
+            x = self.encode_visible(values.repeat(rows, 1, 1), rows_mask, class_embedding)
+            z = self.decode_features(x, rows_mask)  # (rows B, L, D_dec)
             masked_next = masked_after_step(seq_len, num_iter, step, masked)
             mask_next = torch.zeros_like(mask).scatter_(1, orders[:, :masked_next], True)
             to_predict = mask if step == num_iter - 1 else mask & ~mask_next
