@@ -1,18 +1,19 @@
 """The generators' training recipe on `zoo.training.train_loop`: any zoo generator (the class its config's
 ``architecture`` names) over the codes of any zoo tokenizer, on any dataset of `DATASETS`: Fashion-MNIST classes (the
-bundled GPTs over `llamagen-vq-tiny-fashion`, TokenBridge over `tokenbridge-kl-tiny-fashion`) or spoken digits
+bundled GPTs over `llamagen-vq-tiny-fashion`, TokenBridge over `tokenbridge-kl-tiny-fashion`, xAR over the continuous
+latents of the autoencoder `mar-kl-tiny-fashion`) or spoken digits
 (`llamagen-gpt-tiny-spoken-digits` over `wavtokenizer-tiny-75tps`). Families add their checks and loss through two
 hooks of the generator class: ``check_training_codes(config, tokens)`` (the config must fit the codes) and
 ``training_loss(output, codes)`` (the loss from what ``model(codes, labels)`` returned).
 
 * **Pre-tokenized once**: the train split is encoded by the tokenizer in batches (`pretokenize`) and cached in the
   run folder (``RUN/tokens/<dataset>-<split>.safetensors``: codes ``(N, L)`` in reading order, or ``(N, L, K)`` for
-  K codes per position, and labels). The file records the tokenizer that made it (name, ``config_hash`` and a
+  K codes per position, or an autoencoder's latents ``(N, C, h, w)`` float32, and labels). The file records the tokenizer that made it (name, ``config_hash`` and a
   digest of its weights): a resumed run reuses it, and a run folder is refused to a different tokenizer (other
   config or other weights) instead of mixing codes.
 * **The objective** is the generator's own (LlamaGen ``train_c2i.py``: next-token cross-entropy; TokenBridge: masked
-  positions' per-channel cross-entropy), with its label dropout in train mode (what CFG needs) and its dropouts;
-  AdamW with betas (0.9, 0.95) and weight decay 0.05 on the matrices and embeddings only (LlamaGen's
+  positions' per-channel cross-entropy; xAR: per-entity flow matching with noisy context), with its label dropout
+  in train mode (what CFG needs) and its dropouts; AdamW with betas (0.9, 0.95) and weight decay 0.05 on the matrices and embeddings only (LlamaGen's
   ``configure_optimizers``: parameters with fewer than 2 dimensions are not decayed), gradient clipping at 1.0, the
   loop's linear warmup + cosine schedule.
 * **EMA** of the weights, ``ema <- ema + (1 - d) (model - ema)`` after every optimizer step with
@@ -99,10 +100,14 @@ def encode_items(tokenizer, images: torch.Tensor, batch_size: int = 256,
     """Encode a batch of items (images ``(N, 3, H, W)`` in [0, 1], clips ``(N, 1, T)``) in batches with any
     fixed-length tokenizer: codes int64 in the tokenizer's reading order (``tok.to_sequence(tok.encode(x))``) on CPU,
     ``(N, L)`` for one code per position, ``(N, L, K)`` for K, and the token grid ``(H, W)`` (grid and channel
-    layouts) or None."""
+    layouts) or None. An autoencoder gives its continuous latents ``(N, C, h, w)`` float32 and their grid."""
     out, grid = [], None
     for i in range(0, len(images), batch_size):
         tokens = tokenizer.encode(images[i: i + batch_size].to(tokenizer.device), **encode_kwargs)
+        if tokenizer.kind == "autoencoder":
+            out.append(tokens.float().cpu())
+            grid = tuple(tokens.shape[2:])
+            continue
         seq = tokenizer.to_sequence(tokens)
         if tokens.lengths is not None and bool((tokens.lengths != seq.shape[1]).any()):
             raise ValueError(f"{tokenizer.name or tokenizer.architecture}: variable-length tokens (lengths "
@@ -117,8 +122,9 @@ def encode_items(tokenizer, images: torch.Tensor, batch_size: int = 256,
 
 @dataclass
 class Pretokenized:
-    """A dataset split as codes: ``codes (N, L)`` (or ``(N, L, K)``) int64 in reading order, ``labels (N,)``, the
-    token grid (or None), the cache file, and whether it was reused (not encoded in this call)."""
+    """A dataset split as codes: ``codes (N, L)`` (or ``(N, L, K)``) int64 in reading order, or an autoencoder's
+    latents ``(N, C, h, w)`` float32 (``vocab_size`` 0), ``labels (N,)``, the token grid (or None), the cache file,
+    and whether it was reused (not encoded in this call)."""
 
     codes: torch.Tensor
     labels: torch.Tensor
@@ -185,19 +191,20 @@ def pretokenize(run_dir: str | Path, tokenizer, *, dataset: str = "fashion-mnist
                     "folder (or delete the file to re-encode)")
             state = read_state_dict(path)
             grid = tuple(meta["grid_size"]) if meta.get("grid_size") else None
-            return Pretokenized(state["codes"].long(), state["labels"].long(), grid, int(meta["vocab_size"]), path,
-                                True, meta)
+            codes = state["codes"] if state["codes"].is_floating_point() else state["codes"].long()
+            return Pretokenized(codes, state["labels"].long(), grid, int(meta["vocab_size"]), path, True, meta)
         images, labels = DATASETS[dataset](split)
         if items is not None:
             images, labels = images[:items], labels[:items]
         codes, grid = encode_items(tokenizer, images, batch_size, **ENCODE_KWARGS.get(dataset, {}))
+        vocab = int(tokenizer.codebook_size) if tokenizer.kind == "tokenizer" else 0
         meta = {**key, "items": items, "count": len(codes), "grid_size": list(grid) if grid else None,
-                "vocab_size": int(tokenizer.codebook_size), "length": int(codes.shape[1])}
-        dtype = torch.int32 if tokenizer.codebook_size < 2 ** 31 else torch.int64
+                "vocab_size": vocab, "length": int(codes.shape[1])}
+        dtype = torch.float32 if codes.is_floating_point() else torch.int32 if vocab < 2 ** 31 else torch.int64
         if accelerator is None or accelerator.is_main_process:
             save_state_dict({"codes": codes.to(dtype), "labels": labels.long()}, path,
                             metadata={CACHE_KEY: json.dumps(meta)})
-        return Pretokenized(codes, labels.long(), grid, int(tokenizer.codebook_size), path, False, meta)
+        return Pretokenized(codes, labels.long(), grid, vocab, path, False, meta)
 
     if accelerator is None:
         return load_or_encode()
@@ -321,8 +328,8 @@ def train(tc: GeneratorTrainConfig, config, tokenizer, output_dir: str | Path, r
     accelerator = accelerator or make_accelerator(output_dir)
     if isinstance(tokenizer, str):
         tokenizer = zoo.load(tokenizer, device=accelerator.device)
-    if tokenizer.kind != "tokenizer":
-        raise ValueError(f"{tokenizer.name}: a {tokenizer.kind}, not a tokenizer")
+    if tokenizer.kind not in ("tokenizer", "autoencoder"):
+        raise ValueError(f"{tokenizer.name}: a {tokenizer.kind}, not a tokenizer or an autoencoder")
     tokens = pretokenize(output_dir, tokenizer, dataset=tc.dataset, split="train", items=tc.train_items or None,
                          batch_size=tc.encode_batch_size, accelerator=accelerator)
     if tokenizer.name:

@@ -10,6 +10,8 @@
         --cfg 2 3 --cfg-schedule constant half-linear                # and the CFG schedule
     python scripts/generation_table.py tokenbridge-tiny-fashion --split validation --per-class 100 --cfg 2 3 \
         --temperature 0.9 1.0 --steps 16                             # and the temperature
+    python scripts/generation_table.py xar-tiny-fashion --split validation --per-class 100 --cfg 2 3 --steps 10 20
+    python scripts/generation_table.py local-dir:runs/xar-image/export --per-class 1000    # a model not registered
 
 Rows: the real test data and real train data and the paired tokenizers' reconstructions of the test set
 (references), then each generator at its chosen settings and without CFG; the judge's accuracy on the conditioning
@@ -31,8 +33,8 @@ from zoo.evaluation import markdown, row_dicts
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("generators", nargs="*", help="registry names (default: every bundled generator of "
-                                                          "--modality)")
+    parser.add_argument("generators", nargs="*", help="registry names or local-dir:PATH (default: every bundled "
+                                                          "generator of --modality)")
     parser.add_argument("--modality", choices=("image", "audio"), default="image",
                         help="without names: which bundled generators")
     parser.add_argument("--per-class", type=int, default=None, help="samples per class (default: 1,000 for "
@@ -46,7 +48,8 @@ def main() -> None:
                              "the GPTs: constant, linear, half-linear, cosine)")
     parser.add_argument("--temperature", type=float, nargs="+", default=None, metavar="T",
                         help="with --cfg: also sweep the sampling temperature")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (iterative generators)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="with --cfg: also sweep the sampling steps (iterative generators)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
@@ -65,8 +68,9 @@ def main() -> None:
     if args.cfg:
         schedules = [{"cfg_schedule": s} for s in args.cfg_schedule] if args.cfg_schedule else [{}]
         temperatures = [{"temperature": t} for t in args.temperature] if args.temperature else [{}]
-        steps = {"steps": args.steps} if args.steps else {}
+        step_counts = [{"steps": n} for n in args.steps] if args.steps else [{}]
         rows = [row for gen in generators for scale in args.cfg for schedule in schedules for temp in temperatures
+                for steps in step_counts
                 for row in judge.generator_rows(gen, args.per_class, {"cfg_scale": scale, **schedule, **temp, **steps},
                                                 speed=False, split=args.split, without_cfg=False)]
         table = {"description": f"CFG sweep, {args.per_class} samples per class, against the real {args.split} "

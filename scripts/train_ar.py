@@ -7,19 +7,22 @@ tokenizer's codes of Fashion-MNIST or spoken digits, and export it.
     python scripts/train_ar.py --name token-shuffle-gpt-tiny-fashion --out runs/ts-fashion      # Token-Shuffle s=2
     python scripts/train_ar.py --name llamagen-gpt-tiny-spoken-digits --dataset spoken-digits --out runs/ar-digits
     python scripts/train_ar.py --name tokenbridge-tiny-fashion --out runs/tb-fashion                 # TokenBridge
+    python scripts/train_ar.py --name xar-tiny-fashion --out runs/xar-fashion                        # xAR
+    python scripts/train_ar.py --name xar-tiny-fashion --set entity=image --out runs/xar-image       # a variant
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_ar.py ...       # 2 processes
     accelerate launch scripts/train_ar.py ...                                                   # GPUs
 
 The recipe is generators/trainer.py on the zoo's one training loop (zoo.training.train_loop): the train split is
 encoded once by ``--tokenizer`` (a registry name or local-dir:PATH; default: the entry's paired tokenizer) and
 cached in ``--out/tokens/`` (reused on ``--resume``, refused for another tokenizer); the architecture is the
-registry entry ``--name``. AdamW (0.9, 0.95), weight decay 0.05, warmup + cosine, gradient clipping 1.0, CFG label
+registry entry ``--name``, with ``--set FIELD=VALUE`` changing config fields (JSON values). AdamW (0.9, 0.95), weight decay 0.05, warmup + cosine, gradient clipping 1.0, CFG label
 dropout, an EMA of the weights (``--ema-decay``). ``--export DIR`` writes the EMA model in zoo layout with its card.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="registry name or local-dir:PATH of the tokenizer (default: the entry's tokenizer)")
     parser.add_argument("--export", default=None, metavar="DIR", help="zoo-layout folder for the final EMA model")
     add_config_arguments(parser, GeneratorTrainConfig, help=HELP)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a config field of the entry (JSON value, e.g. --set entity=image)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     args = parser.parse_args(argv)
@@ -49,13 +54,28 @@ def main(argv: list[str] | None = None) -> None:
     if spec.kind != "generator":
         parser.error(f"--name {args.name}: not a generator entry (a {spec.kind})")
     tc = config_from_arguments(GeneratorTrainConfig, args)
-    config = registry.get_architecture(spec.architecture).config_class(**hub.spec_config(spec))
+    fields = hub.spec_config(spec, **parse_overrides(parser, args.set))
+    config = registry.get_architecture(spec.architecture).config_class(**fields)
     result = train(tc, config, args.tokenizer or spec.tokenizer, args.out, resume=args.resume)
     from accelerate import PartialState
 
     if PartialState().is_main_process and args.export:
         export(result.ema, spec, args.export)
         print(f"exported the EMA weights to {args.export} (tokenizer {result.ema.config.tokenizer})")
+
+
+def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``FIELD=VALUE`` strings -> {field: JSON value (or the plain string)}."""
+    out = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            out[field] = json.loads(value)
+        except json.JSONDecodeError:
+            out[field] = value
+    return out
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ TINY_OVERRIDES["tokenbridge_generator"] = dict(
     grid_size=(8, 8), channels=4, levels=64, encoder_dim=32, encoder_depth=1, encoder_heads=2, decoder_dim=32,
     decoder_depth=1, decoder_heads=2, channel_dim=16, channel_depth=1, channel_heads=2, num_classes=10, buffer_size=2,
     num_iter=4)
+# xAR pairs with the tiny VAE above (8 x 8 x 4 latents): 4 cells of 4 x 4
+TINY_OVERRIDES["xar"] = dict(grid_size=(8, 8), channels=4, entity="cell", entity_size=4, encoder_dim=32, encoder_depth=1,
+                             encoder_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2, num_classes=10,
+                             num_steps=2)
 
 def codebook_from_latents_(model, seed: int = 0):
     """A random tiny WavTokenizer whose codebook rows are frames of its own latents (as k-means would start), so

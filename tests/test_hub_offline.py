@@ -269,3 +269,23 @@ def test_zoo_download_fetches_what_the_flextok_config_names(offline_cache, parit
                   {"config.json": lambda p: p.write_text((folder / "vae_config.json").read_text())})
     assert cli.main(["download", spec.name]) == 0
     assert f"-> {snap / 'model.safetensors'}" in capsys.readouterr().out
+
+
+def test_official_xar_entry_loads_offline_and_samples_the_fixture(offline_cache, parity_dir):
+    """The registered xar-b entry (its Hub repo and file name) reads a plain official state dict pickled as
+    ``xAR-B.pth`` from the cache, here at the fixture's size (config overrides), and replays the fixture's run."""
+    from safetensors.torch import load_file
+
+    from generators.xar import config_from_official
+
+    folder = parity_dir("xar")
+    state = load_file(folder / "official_state_dict.safetensors")
+    spec = zoo.model_info("xar-b")
+    offline_cache(spec.hub_file.repo_id, {spec.hub_file.filename: lambda p: torch.save(state, p)})
+    fixture = json.loads((folder / "config.json").read_text())
+    model = zoo.load("xar-b", **config_from_official(state), num_classes=fixture["model"]["xAR"]["class_num"])
+    io = load_file(folder / "io.safetensors")
+    torch.manual_seed(int(fixture["cases"]["sample"]["call"].split("manual_seed(")[1].split(")")[0]))
+    out = model.generate(io["sample.labels"], cfg_scale=float(io["sample.cfg"]), steps=io["sample.t_steps"].numel() - 1)
+    torch.testing.assert_close(out.latents, io["sample.tokens"], atol=1e-5, rtol=0)
+    assert out.meta["model"] == "mar-kl16-vae"

@@ -204,6 +204,10 @@ class MARVAE(ZooModel):
         """Scaled latents ``(B, embed_dim, h, w)`` -> images ``(B, 3, f h, f w)`` in [0, 1]."""
         return ((self.decode_raw(latents) + 1) / 2).clamp(0, 1)
 
+    def reconstruct(self, x, **encode_kwargs) -> torch.Tensor:
+        """`decode` of `encode`: images in [0, 1] -> reconstructions ``(B, 3, H, W)`` in [0, 1]."""
+        return self.decode(self.encode(x, **encode_kwargs))
+
     def capabilities(self) -> dict[str, Any]:
         c = self.config
         return {**super().capabilities(), "latent_channels": c.embed_dim, "downsample": self.downsample,
