@@ -28,7 +28,8 @@ hooks of the generator class: ``check_training_codes(config, tokens)`` (the conf
 ``scripts/train_ar.py --name ENTRY`` is the command line. The defaults are LlamaGen's (weight decay 0.05, clipping
 1.0, EMA 0.999 for short runs); TokenBridge's own recipe uses weight decay 0.02 and clipping 3.0 (its tiny model's
 card gives the flags), and quantizes a fresh posterior draw every step where this recipe encodes the posterior mode
-once.
+once; xAR's official training likewise draws a posterior sample of the cached VAE moments every step, where this
+recipe trains on the posterior mode.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def pretokenize(run_dir: str | Path, tokenizer, *, dataset: str = "fashion-mnist
         codes, grid = encode_items(tokenizer, images, batch_size, **ENCODE_KWARGS.get(dataset, {}))
         vocab = int(tokenizer.codebook_size) if tokenizer.kind == "tokenizer" else 0
         meta = {**key, "items": items, "count": len(codes), "grid_size": list(grid) if grid else None,
-                "vocab_size": vocab, "length": int(codes.shape[1])}
+                "vocab_size": vocab,
+                "length": int(codes[0, 0].numel() if codes.is_floating_point() else codes.shape[1])}
         dtype = torch.float32 if codes.is_floating_point() else torch.int32 if vocab < 2 ** 31 else torch.int64
         if accelerator is None or accelerator.is_main_process:
             save_state_dict({"codes": codes.to(dtype), "labels": labels.long()}, path,

@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--name {args.name}: not a generator entry (a {spec.kind})")
     tc = config_from_arguments(GeneratorTrainConfig, args)
     fields = hub.spec_config(spec, **parse_overrides(parser, args.set))
-    config = registry.get_architecture(spec.architecture).config_class(**fields)
+    try:
+        config = registry.get_architecture(spec.architecture).config_class(**fields)
+    except (TypeError, ValueError) as err:
+        parser.error(f"--name {args.name} with --set {' '.join(args.set) or '-'}: {err}")
     result = train(tc, config, args.tokenizer or spec.tokenizer, args.out, resume=args.resume)
     from accelerate import PartialState
 

@@ -198,6 +198,17 @@ def discretize_time(t: torch.Tensor, time_scale: int) -> torch.Tensor:
     return (t.float() * time_scale).long()
 
 
+def draw_noise(shape: Sequence[int], generators: Sequence[torch.Generator | None], dtype: torch.dtype,
+               device: torch.device | str) -> torch.Tensor:
+    """``(B, *shape)`` N(0, I): item i from ``generators[i]`` (on that generator's device), or, when no item has one,
+    one draw of the whole batch from torch's RNG on `device` (the official ``torch.randn([B, ...])`` of the initial
+    noise on the CPU, and ``randn_like`` of the float64 state on the model's device)."""
+    if all(g is None for g in generators):
+        return torch.randn((len(generators), *shape), dtype=dtype, device=device)
+    return torch.stack([torch.randn(tuple(shape), generator=g, dtype=dtype, device=g.device if g is not None else
+                                    device).to(device) for g in generators])
+
+
 class RMSNorm(RmsNorm):
     """timm's RmsNorm computed in float32 and cast back before the weight, as the official ``RMSNorm``."""
 
@@ -391,13 +402,21 @@ class XARGenerator(Generator):
         labels = self._check_labels(labels, b)
         if drop_labels is None:
             drop_labels = torch.rand(b) < self.config.label_drop_prob if self.training else torch.zeros(b, dtype=bool)
-        labels = torch.where(torch.as_tensor(drop_labels, device=labels.device), self.config.null_label, labels)
-        t = self.sample_times(b).to(x.device) if t is None else torch.as_tensor(t, device=x.device).float()
-        noise = torch.randn_like(x) if noise is None else noise.to(x)
-        if t.shape != (b, self.num_entities) or noise.shape != x.shape:
-            raise ValueError(f"t must be (B, E) = {(b, self.num_entities)} and noise (B, L, C) = {tuple(x.shape)}, "
-                             f"got {tuple(t.shape)} and {tuple(noise.shape)}")
-        t_pos = t.repeat_interleave(self.entity_len, dim=1)[..., None]  # (B, L, 1)
+        drop_labels = torch.as_tensor(drop_labels, device=labels.device)
+        if drop_labels.dtype != torch.bool or drop_labels.shape != (b,):
+            raise ValueError(f"drop_labels: expected ({b},) bool, got {tuple(drop_labels.shape)} {drop_labels.dtype}")
+        labels = torch.where(drop_labels, self.config.null_label, labels)
+        t = self.sample_times(b) if t is None else torch.as_tensor(t)
+        noise = torch.randn_like(x) if noise is None else noise
+        if not t.is_floating_point() or t.shape != (b, self.num_entities) or not bool(((t >= 0) & (t <= 1)).all()):
+            raise ValueError(f"t: expected (B, E) = {(b, self.num_entities)} float times in [0, 1], got "
+                             f"{tuple(t.shape)} {t.dtype}")
+        if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.shape != x.shape:
+            raise ValueError(f"noise: expected a float (B, L, C) = {tuple(x.shape)} tensor, got "
+                             f"{tuple(getattr(noise, 'shape', ()))} {getattr(noise, 'dtype', type(noise).__name__)}")
+        api.check_finite(noise, "noise")
+        t, noise = t.to(x.device).float(), noise.to(x)
+        t_pos = t.repeat_interleave(self.entity_len, dim=1)[..., None].to(x.dtype)  # (B, L, 1)
         x_t = (1 - t_pos) * x + t_pos * noise
         mask = self.attn_mask if self.num_entities > 1 else None
         return self.velocity(x_t, self.condition(labels, t), mask=mask), noise - x
@@ -496,9 +515,10 @@ class XARGenerator(Generator):
         """Sample latents (the official ``sample_tokens``; see the module docstring).
 
         Args:
-            labels: class ids, each giving `num_samples` items (label-major); None: the null class (unguided).
-            cfg_scale: guidance on the drift (entities whose scale is > 1); cfg_schedule: "linear" (official) or
-                "constant".
+            labels: class ids, each giving `num_samples` items (label-major); None: the null class, unguided (the
+                default guidance is then off; an explicit cfg_scale > 1 is an error).
+            cfg_scale: guidance on the drift, applied to the entities whose scale is > 1 (as official: a scale
+                <= 1 means none); cfg_schedule: "linear" (official) or "constant".
             steps: ``num_steps`` per entity (>= 1; the last one is the deterministic mean step).
             seed: an int (sample k of every label uses ``seed + k``) or one int per item: item i draws its noise from
                 its own generator. generator: one ``torch.Generator`` shared in batch order (the official draws from
@@ -512,15 +532,16 @@ class XARGenerator(Generator):
             raise ValueError("xAR samples by flow matching: temperature / top_k / top_p / prompt are not used "
                              "(leave them None)")
         c = self.config
-        cfg_scale = c.cfg_scale if cfg_scale is None else cfg_scale
+        if labels is None and cfg_scale is not None and cfg_scale > 1:
+            raise ValueError(f"cfg_scale {cfg_scale}: guidance needs labels (None samples the null class)")
+        cfg_scale = (1.0 if labels is None else c.cfg_scale) if cfg_scale is None else cfg_scale
         cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
         num_steps = c.num_steps if steps is None else steps
         check_cfg_schedule(cfg_schedule)
         check_num_steps(num_steps)
         api.check_sampling_args(num_samples=num_samples, cfg_scale=cfg_scale)
-        if labels is None:
-            api.check_sampling_args(num_samples=num_samples)
-            items, cfg_scale = None, 1.0
+        if labels is None:  # the null class, unguided
+            items = None
             seeds = None if seed is None else ([int(seed) + k for k in range(num_samples)]
                                                if isinstance(seed, (int, np.integer)) else [int(s) for s in seed])
         else:
@@ -531,14 +552,21 @@ class XARGenerator(Generator):
         noise_shapes = {"initial_noise": (initial_noise, (batch, e_count, n, ch)),
                         "step_noise": (step_noise, (batch, e_count, num_steps - 1, n, ch))}
         for name, (value, shape) in noise_shapes.items():
-            if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != shape):
-                raise ValueError(f"{name}: expected a tensor of shape {shape}, got "
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or tuple(value.shape) != shape:
+                raise ValueError(f"{name}: expected a float tensor of shape {shape}, got "
                                  f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+            if value.numel():  # one step has no stochastic step: (B, E, 0, n, C)
+                api.check_finite(value, name)
         device = self.device
         null = torch.full((batch,), c.null_label, dtype=torch.long, device=device)
         cond_labels = null if items is None else items.to(device)
         scales = self.cfg_scales(float(cfg_scale), cfg_schedule)
-        guided = [s > 1 for s in scales]
+        guided = [s > 1 for s in scales]  # the official rule: a scale <= 1 is no guidance
+        if any(guided) and c.label_drop_prob == 0:
+            raise ValueError(f"{self.name or self.architecture} was configured without label dropout "
+                             "(label_drop_prob 0): it has no trained null class to guide with (use cfg_scale 1)")
         row_labels = {False: cond_labels, True: torch.cat([cond_labels, null])}
         caches = self._new_caches(2 * batch if any(guided) else batch)
         t_steps = self.time_grid(num_steps)
@@ -554,14 +582,14 @@ class XARGenerator(Generator):
             if initial_noise is not None:
                 x = initial_noise[:, e].to(device, torch.float64)
             else:
-                x = api.randn_per_item((n, ch), generators).to(device, torch.float64)  # float32 draws, as official
+                x = draw_noise((n, ch), generators, torch.float32, "cpu").to(device, torch.float64)
             for i in range(num_steps):
                 t_cur, t_next = t_steps[i], t_steps[i + 1]
                 dt = t_next - t_cur
                 last = i == num_steps - 1
                 if not last:
                     eps = step_noise[:, e, i].to(device, torch.float64) if step_noise is not None else \
-                        api.randn_per_item((n, ch), generators, dtype=torch.float64).to(device)
+                        draw_noise((n, ch), generators, torch.float64, device)
                 t_rows = torch.full((rows, 1), float(t_cur), dtype=torch.float64, device=device)
                 x_rows = x.repeat(rows // batch, 1, 1)
                 v = self.velocity(x_rows.to(self.dtype), self.condition(labels_e, t_rows), e, caches=caches)
@@ -578,7 +606,7 @@ class XARGenerator(Generator):
             z = x.float()
             entities.append(z)
             if e < e_count - 1:  # the clean entity at t = 0 into the cache, for the rows the next entity uses
-                labels_next = row_labels[guided[e + 1]]
+                labels_next = row_labels[any(guided[e + 1:])]  # every row a later entity attends with
                 rows_next = len(labels_next)
                 t0 = torch.zeros(rows_next, 1, dtype=torch.float64, device=device)
                 self.velocity(z.repeat(rows_next // batch, 1, 1).to(self.dtype), self.condition(labels_next, t0), e,
