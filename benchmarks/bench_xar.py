@@ -82,6 +82,7 @@ def build_official(path: str, ours: XARGenerator, device: torch.device):
         raise SystemExit(f"--reference {path}: no models/xar.py there (an xAR checkout?)")
     if device.type == "cpu":
         torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the official code's hard-coded .cuda() calls
+    installed = False
     try:
         import flash_attn  # noqa: F401
     except ImportError:
@@ -91,9 +92,12 @@ def build_official(path: str, ours: XARGenerator, device: torch.device):
             raise RuntimeError("the flash_attn stand-in was called")
 
         stand_in.flash_attn_func = flash_attn_func
-        sys.modules["flash_attn"] = stand_in
+        sys.modules["flash_attn"], installed = stand_in, True
     sys.path.insert(0, str(root))
     from models.xar import xAR
+
+    if installed:  # only the official module holds it: other packages (diffusers) probe for the real one
+        del sys.modules["flash_attn"]
 
     c = ours.config
     model = xAR(img_size=c.grid_size[0] * 16, vae_stride=16, patch_size=1, encoder_embed_dim=c.encoder_dim,

@@ -56,7 +56,7 @@ FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
                   "Ankle boot")
 TINY_FASHION = dict(grid_size=(8, 8), channels=8, entity="cell", entity_size=4, encoder_dim=128, encoder_depth=3,
                     encoder_heads=4, decoder_dim=128, decoder_depth=3, decoder_heads=4, num_classes=10,
-                    attn_dropout=0.0, proj_dropout=0.0, num_steps=20, cfg_scale=3.0, cfg_schedule="linear",
+                    attn_dropout=0.0, proj_dropout=0.0, num_steps=40, cfg_scale=4.0, cfg_schedule="linear",
                     label_names=FASHION_LABELS)
 register_model(ModelSpec(
     name="xar-tiny-fashion", family="xar", kind="generator", modality="image", architecture="xar",
@@ -67,7 +67,23 @@ register_model(ModelSpec(
                                        "xar"),
     description="A tiny xAR trained here on Fashion-MNIST: next-cell prediction (4 cells of 4 x 4 positions) of the "
                 "continuous 8 x 8 x 8 latents of mar-kl-tiny-fashion, 10 classes.",
-    splits={"train": "Fashion-MNIST train split (55,000 images, zoo.data.fashion_mnist), encoded once",
-            "validation": "the 5,000 validation images: steps and CFG were chosen on them",
+    splits={"train": "Fashion-MNIST train split (55,000 images, zoo.data.fashion_mnist), encoded once into "
+                     "posterior-mode latents",
+            "validation": "the 5,000 validation images: steps and CFG were chosen on them (100 samples per class, "
+                          "linear schedule; accuracy % / Fréchet distance at 10 / 20 / 40 steps: CFG 1: 75.7 / 79.4 / "
+                          "76.6, 1.177 / 1.018 / 0.848; CFG 2: 83.0 / 86.9 / 84.5, 0.747 / 0.627 / 0.528; CFG 3: "
+                          "87.0 / 90.8 / 88.5, 0.555 / 0.447 / 0.374; CFG 4: 89.2 / 92.2 / 90.7, 0.462 / 0.399 / "
+                          "0.322; CFG 5: 90.2 / 93.3 / 91.8, 0.464 / 0.406 / 0.336; CFG 4 with 40 steps is the "
+                          "closest to the real validation images, which the classifier reads at 91.82 %)",
             "test": "the 10,000 test images: the reference of the generation table, reported once"},
+    notes="Trained here with `python scripts/train_ar.py --name xar-tiny-fashion --out runs/xar-cell4 --steps 4000 "
+          "--batch-size 64 --lr 1e-3 --warmup-steps 200 --weight-decay 0.02 --beta2 0.96 --max-grad-norm 1.0 "
+          "--ema-decay 0.999 --threads 1` (generators/trainer.py: latents encoded once by mar-kl-tiny-fashion, the "
+          "posterior mode, where the official training samples the posterior every step; the official noisy-context "
+          "flow-matching loss with one logit-normal time per cell and label dropout 0.1; AdamW (0.9, 0.96) and "
+          "weight decay 0.02 as xAR's recipe; the EMA weights are exported; 45 min on one CPU core beside another "
+          "run; final training loss 0.41). Dropout is off. Defaults: 40 steps per cell, CFG 4.0 linear over the "
+          "cells (the first cell unguided).",
+    limitations="Fashion-MNIST only (28 x 28 grey pictures on a 32 x 32 black border, decoded by a tiny VAE). "
+                "Sampling costs 4 cells x 40 steps of the transformer (x2 rows for CFG).",
 ))
