@@ -1,6 +1,7 @@
 """Train a tiny WavTokenizer on espeak-ng speech and export it in zoo layout (with its measured model card).
 
     python scripts/train_wavtokenizer.py --name wavtokenizer-tiny-75tps --steps 6000 --out runs/wt75
+    python scripts/train_wavtokenizer.py --init wavtokenizer-tiny-75tps --data speech+spoken-digits ...  # fine-tune
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 scripts/train_wavtokenizer.py ...  # 2 processes
     accelerate launch --multi_gpu --num_processes 8 scripts/train_wavtokenizer.py ...                 # 8 GPUs
 
@@ -32,6 +33,12 @@ def main() -> None:
     parser.add_argument("--export", default=None, help="zoo-layout folder for the final model (default: none)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--init", default=None,
+                        help="fine-tune: start the generator from this zoo model (registry name or folder) of the "
+                             "same config; the discriminators start fresh")
+    parser.add_argument("--data", default="speech", choices=["speech", "speech+spoken-digits"],
+                        help="train clips: zoo.data.speech('train'), or those and zoo.data.spoken_digits('train') "
+                             "(the same training voices and more; never a validation or test voice)")
     add_config_arguments(parser, TrainConfig)
     args = parser.parse_args()
     if args.threads:
@@ -43,7 +50,15 @@ def main() -> None:
 
     with PartialState().main_process_first():  # the speech set is generated once, by the main process
         clips = data.speech("train")
-    model = train(model_config, train_config, clips, args.out, resume=args.resume)
+        if args.data == "speech+spoken-digits":
+            clips = clips + list(data.spoken_digits("train")[0])
+    init_state = None
+    if args.init:
+        init = zoo.load(args.init)
+        if init.config != model_config:
+            raise SystemExit(f"--init {args.init}: its config differs from entry {args.name}'s")
+        init_state = init.state_dict()
+    model = train(model_config, train_config, clips, args.out, resume=args.resume, init_state=init_state)
     if args.export:
         if PartialState().is_main_process:
             model.card_info["spec"] = spec

@@ -655,6 +655,18 @@ class AudioTokenizer(Tokenizer):
 # generators
 
 
+def check_choice(name: str, value, choices: Sequence) -> None:
+    """`ValueError` unless `value` is one of `choices` (an option such as ``cfg_schedule``)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_count(name: str, value) -> None:
+    """`ValueError` unless `value` is an int >= 1 (bools are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def check_sampling_args(*, num_samples: int = 1, temperature: float | None = None, top_k: int | None = None,
                         top_p: float | None = None, cfg_scale: float | None = None, steps: int | None = None) -> None:
     """`ValueError` for sampling arguments outside their domain."""
@@ -668,8 +680,8 @@ def check_sampling_args(*, num_samples: int = 1, temperature: float | None = Non
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if cfg_scale is not None and not (math.isfinite(cfg_scale) and cfg_scale >= 0):
         raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if steps is not None:
+        check_count("steps", steps)
 
 
 class Generator(ZooModel):

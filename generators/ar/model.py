@@ -44,17 +44,12 @@ from timm.layers import DropPath, SwiGLU
 from torch import nn
 
 from zoo import api
-from zoo.api import Generator, Tokens
+from zoo.api import Generator, Tokens, check_choice
 from zoo.registry import register_architecture
 from zoo.sampling import draw, filter_logits
 from zoo.small_batch import MAX_ROWS, MIN_WIDTH, small_batch_linear
 
 from .token_shuffle import CFG_SCHEDULES, TokenShuffle, TokenUnshuffle, cfg_scale_at, shuffle_codes, unshuffle_codes
-
-
-def check_cfg_schedule(schedule) -> None:
-    if schedule not in CFG_SCHEDULES:
-        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {schedule!r}")
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -154,7 +149,7 @@ class ARConfig:
             raise ValueError(f"modality must be 'image' or 'audio', got {self.modality!r}")
         api.check_sampling_args(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                                 cfg_scale=self.cfg_scale)
-        check_cfg_schedule(self.cfg_schedule)
+        check_choice("cfg_schedule", self.cfg_schedule, CFG_SCHEDULES)
         s = self.shuffle_window
         if isinstance(s, bool) or not isinstance(s, int) or s < 1:
             raise ValueError(f"shuffle_window must be an int >= 1, got {s!r}")
@@ -554,7 +549,7 @@ class ARGenerator(Generator):
         top_p = c.top_p if top_p is None else top_p
         cfg_interval = c.cfg_interval if cfg_interval is None else cfg_interval
         cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
-        check_cfg_schedule(cfg_schedule)
+        check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
         api.check_sampling_args(num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
                                 cfg_scale=cfg_scale, steps=steps)
         if isinstance(cfg_interval, bool) or not isinstance(cfg_interval, (int, float)):
@@ -616,8 +611,11 @@ class ARGenerator(Generator):
         out = torch.empty(batch, kw + sw, slots, dtype=torch.long, device=cond.device)  # (B, positions, slots)
         out[:, :kw] = shuffle_codes(prompt, grid, c.shuffle_window) if slots > 1 else prompt[..., None]
 
+        if slots > 1:  # every code's compressed embedding, once per call: (V, D / slots)
+            compressed = self.shuffle.compress(self.tok_embeddings.weight)
+
         def embed(codes: torch.Tensor) -> torch.Tensor:  # (rows, n, slots) -> (rows, n, D)
-            return self.shuffle(self.tok_embeddings(codes)) if slots > 1 else self.tok_embeddings(codes[..., 0])
+            return self.shuffle.mix(compressed[codes]) if slots > 1 else self.tok_embeddings(codes[..., 0])
 
         def run(h: torch.Tensor, start: int) -> torch.Tensor:
             n = h.shape[1]

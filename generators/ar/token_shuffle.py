@@ -103,7 +103,12 @@ class TokenShuffle(nn.Module):
         self.blocks = nn.Sequential(*(ResidualMlp(dim, norm_eps) for _ in range(n_mlp)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.compress(x).flatten(-2))  # (B, W, s^2, d / s^2) -> (B, W, d)
+        return self.mix(self.compress(x))
+
+    def mix(self, compressed: torch.Tensor) -> torch.Tensor:
+        """Compressed slots ``(B, W, s^2, d / s^2)`` -> ``(B, W, d)``. Sampling compresses the whole embedding table
+        once per call and indexes it (`compress` acts per token), instead of compressing every step's window."""
+        return self.blocks(compressed.flatten(-2))
 
 
 class TokenUnshuffle(nn.Module):

@@ -47,7 +47,7 @@ from torch import nn
 
 from tokenizers_img.tokenbridge.quantizer import GaussianQuantizer
 from zoo import api
-from zoo.api import Generator, Tokens
+from zoo.api import Generator, Tokens, check_choice, check_count
 from zoo.registry import register_architecture
 from zoo.sampling import draw, filter_logits
 from zoo.small_batch import MAX_ROWS, MIN_WIDTH, small_batch_linear
@@ -134,23 +134,13 @@ class TokenBridgeConfig:
             self.label_names = tuple(str(n) for n in self.label_names)
             if len(self.label_names) != self.num_classes:
                 raise ValueError(f"label_names: one per class ({self.num_classes}), got {len(self.label_names)}")
-        check_cfg_schedule(self.cfg_schedule)
-        check_num_iter(self.num_iter)
+        check_choice("cfg_schedule", self.cfg_schedule, CFG_SCHEDULES)
+        check_count("num_iter (steps)", self.num_iter)
         api.check_sampling_args(temperature=self.temperature, cfg_scale=self.cfg_scale)
 
     @property
     def seq_len(self) -> int:
         return self.grid_size[0] * self.grid_size[1]
-
-
-def check_cfg_schedule(schedule) -> None:
-    if schedule not in CFG_SCHEDULES:
-        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {schedule!r}")
-
-
-def check_num_iter(num_iter) -> None:
-    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
-        raise ValueError(f"num_iter (steps) must be an int >= 1, got {num_iter!r}")
 
 
 def masked_after_step(seq_len: int, num_iter: int, step: int, masked: int) -> int:
@@ -504,8 +494,8 @@ class TokenBridgeGenerator(Generator):
         num_iter = c.num_iter if steps is None else steps
         top_k = 0 if top_k is None else top_k
         top_p = 1.0 if top_p is None else top_p
-        check_cfg_schedule(cfg_schedule)
-        check_num_iter(num_iter)
+        check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
+        check_count("num_iter (steps)", num_iter)
         api.check_sampling_args(num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
                                 cfg_scale=cfg_scale)
         items, seeds = self.item_labels_and_seeds(labels, num_samples, seed) if labels is not None else \

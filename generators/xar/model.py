@@ -45,7 +45,6 @@ being repeated to every position.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -57,7 +56,7 @@ from timm.layers.pos_embed_sincos import apply_rot_embed_cat
 from torch import nn
 
 from zoo import api
-from zoo.api import Generator, Latents
+from zoo.api import Generator, Latents, check_choice, check_count
 from zoo.registry import register_architecture
 
 ENTITIES = ("token", "cell", "subsample", "image")
@@ -144,23 +143,13 @@ class XARConfig:
             self.label_names = tuple(str(n) for n in self.label_names)
             if len(self.label_names) != self.num_classes:
                 raise ValueError(f"label_names: one per class ({self.num_classes}), got {len(self.label_names)}")
-        check_cfg_schedule(self.cfg_schedule)
-        check_num_steps(self.num_steps)
+        check_choice("cfg_schedule", self.cfg_schedule, CFG_SCHEDULES)
+        check_count("num_steps (steps)", self.num_steps)
         api.check_sampling_args(cfg_scale=self.cfg_scale)
 
     @property
     def seq_len(self) -> int:
         return self.grid_size[0] * self.grid_size[1]
-
-
-def check_cfg_schedule(schedule) -> None:
-    if schedule not in CFG_SCHEDULES:
-        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {schedule!r}")
-
-
-def check_num_steps(steps) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"num_steps (steps) must be an int >= 1, got {steps!r}")
 
 
 def entity_order(grid_size: Sequence[int], entity: str, entity_size: int = 1) -> torch.Tensor:
@@ -537,8 +526,8 @@ class XARGenerator(Generator):
         cfg_scale = (1.0 if labels is None else c.cfg_scale) if cfg_scale is None else cfg_scale
         cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
         num_steps = c.num_steps if steps is None else steps
-        check_cfg_schedule(cfg_schedule)
-        check_num_steps(num_steps)
+        check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
+        check_count("num_steps (steps)", num_steps)
         api.check_sampling_args(num_samples=num_samples, cfg_scale=cfg_scale)
         if labels is None:  # the null class, unguided
             items = None

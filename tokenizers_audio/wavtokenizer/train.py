@@ -161,11 +161,14 @@ class TrainConfig:
 
 
 def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: list[torch.Tensor], output_dir: str,
-          resume: bool = False, accelerator: Accelerator | None = None) -> WavTokenizer:
+          resume: bool = False, accelerator: Accelerator | None = None,
+          init_state: dict[str, torch.Tensor] | None = None) -> WavTokenizer:
     """Train a WavTokenizer on 24 kHz `clips` with `zoo.training.train_loop`; checkpoints go to
     ``output_dir/checkpoints`` (models: generator, discriminators).
 
     Returns the trained model (unwrapped, eval mode). With `resume`, training continues from the newest checkpoint.
+    `init_state` (a WavTokenizer state dict of `model_config`) starts the generator from trained weights
+    (fine-tuning; the discriminators start fresh).
     """
     tc = train_config
     crop = int(tc.crop_seconds * model_config.sample_rate)
@@ -173,6 +176,8 @@ def train(model_config: WavTokenizerConfig, train_config: TrainConfig, clips: li
 
     def build(accelerator: Accelerator) -> Parts:
         model, disc = WavTokenizer(model_config), Discriminators(tc.disc_channels)
+        if init_state is not None:
+            load_into(model, init_state, source="init_state")
         return Parts(
             models={"generator": model, "discriminator": disc},
             optimizers={"generator": torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.9)),
