@@ -95,17 +95,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def parity_folder(family: str) -> Path:
+    """``../shared/parity/<family>``: skips the test when absent (fails it under CI / TOKZOO_REQUIRE_FIXTURES).
+    Module-scoped fixtures call this directly."""
+    folder = SHARED / "parity" / family
+    if not folder.is_dir():
+        if REQUIRE_FIXTURES:
+            pytest.fail(f"parity fixtures required but not present ({folder})")
+        pytest.skip(f"parity fixtures not present ({folder})")
+    return folder
+
+
 @pytest.fixture
 def parity_dir():
-    def get(family: str) -> Path:
-        folder = SHARED / "parity" / family
-        if not folder.is_dir():
-            if REQUIRE_FIXTURES:
-                pytest.fail(f"parity fixtures required but not present ({folder})")
-            pytest.skip(f"parity fixtures not present ({folder})")
-        return folder
-
-    return get
+    return parity_folder
 
 
 def init_codebook_(model, seed: int = 0):

@@ -20,13 +20,9 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def fixture():
-    from conftest import REQUIRE_FIXTURES, SHARED
+    from conftest import parity_folder
 
-    folder = SHARED / "parity" / "tokenbridge"
-    if not folder.is_dir():
-        if REQUIRE_FIXTURES:
-            pytest.fail(f"parity fixtures required but not present ({folder})")
-        pytest.skip(f"parity fixtures not present ({folder})")
+    folder = parity_folder("tokenbridge")
     config = json.loads((folder / "config.json").read_text())
     io = load_file(str(folder / "io.safetensors"))
     official = load_file(str(folder / "official_state_dict.safetensors"))

@@ -19,13 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def official(request):
-    from conftest import REQUIRE_FIXTURES, SHARED
+    from conftest import parity_folder
 
-    folder = SHARED / "parity" / "tokenbridge"
-    if not folder.is_dir():
-        if REQUIRE_FIXTURES:
-            pytest.fail(f"parity fixtures required but not present ({folder})")
-        pytest.skip(f"parity fixtures not present ({folder})")
+    folder = parity_folder("tokenbridge")
     cfg = json.loads((folder / "config.json").read_text())
     q = cfg["quantizer"]
     vae = dataclasses.asdict(config_from_fixture(cfg))

@@ -132,6 +132,24 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, so
     return model
 
 
+def check_converted(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, *, blocks: str, depth: int,
+                    hint: str = "another size?") -> None:
+    """The end of a ``checkpoint_filter_fn``: a converted `state_dict` must hold exactly `model`'s keys (else
+    `KeyError`) with its shapes (else `ValueError`). `blocks` is the key prefix of the stacked blocks (such as
+    ``"layers."``): the message counts the checkpoint's blocks against the model's `depth`."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        found = len({k[len(blocks):].split(".")[0] for k in state_dict if k.startswith(blocks)})
+        raise KeyError(f"checkpoint and model differ: {len(missing)} missing keys (e.g. {missing[:4]}), "
+                       f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}); the checkpoint has {found} "
+                       f"{blocks.rstrip('.')} blocks, the model {depth}: is this the right entry?")
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state_dict.items()
+           if tuple(v.shape) != tuple(expected[k].shape)]
+    if bad:
+        raise ValueError(f"{len(bad)} shape mismatches ({'; '.join(bad[:4])}): {hint}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error it is removed."""

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from zoo.checkpoints import check_converted
+
 _WRAPPERS = ("model", "module", "state_dict")  # the official loader's order
 _PREFIX = re.compile(r"(^|\.)(module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
 _FFN = {"w1": "fc1_g", "w3": "fc1_x", "w2": "fc2"}
@@ -82,18 +84,7 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict[str, 
         if new in out:
             raise KeyError(f"{key!r}: {new!r} appears twice")
         out[new] = value
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    if missing or unexpected:
-        n_ckpt = len({k.split(".")[1] for k in out if k.startswith("layers.")})
-        raise KeyError(f"checkpoint and model differ: {len(missing)} missing keys (e.g. {missing[:4]}), "
-                       f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}); the checkpoint has {n_ckpt} layers, "
-                       f"the model {model.config.n_layer}: is this the right entry?")
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in out.items()
-           if tuple(v.shape) != tuple(expected[k].shape)]
-    if bad:
-        raise ValueError(f"{len(bad)} shape mismatches ({'; '.join(bad[:4])}): another size or vocabulary?")
+    check_converted(out, model, blocks="layers.", depth=model.config.n_layer, hint="another size or vocabulary?")
     if freqs is not None:
         ours = model.freqs_cis()
         if tuple(freqs.shape) != tuple(ours.shape):

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from zoo.checkpoints import check_converted
+
 _QUANTIZER = {"reconstruction_values": "quantizer.reconstruction_values", "boundaries": "quantizer.boundaries"}
 
 
@@ -48,17 +50,7 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict[str, 
                                  f"shape {tuple(value.shape)}")
             continue
         out[_QUANTIZER.get(key, key)] = value
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
-    if missing or unexpected:
-        depth = len({k.split(".")[1] for k in out if k.startswith("encoder_blocks.")})
-        raise KeyError(f"checkpoint and model differ: {len(missing)} missing keys (e.g. {missing[:4]}), "
-                       f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}); the checkpoint's encoder has {depth} "
-                       f"blocks, the model's {model.config.encoder_depth}: is this the right entry?")
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in out.items()
-           if tuple(v.shape) != tuple(expected[k].shape)]
-    if bad:
-        raise ValueError(f"{len(bad)} shape mismatches ({'; '.join(bad[:4])}): another size?")
+    check_converted(out, model, blocks="encoder_blocks.", depth=model.config.encoder_depth)
     return out
 
 
