@@ -40,7 +40,6 @@ A generator is used through the `zoo.Generator` contract only: ``num_classes`` (
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 import torch
@@ -48,6 +47,8 @@ import torch
 import zoo
 from zoo import data
 from zoo.metrics import frechet_distance
+
+from . import protocol
 
 CLASSIFIER = "spoken-digit-classifier"
 NEAR_COPY_PERCENTILE = 5.0  # of the real split clips' NN distances to train
@@ -208,42 +209,17 @@ def sample_all(gen, per_class: int, batch_size: int = 100, **settings) -> tuple[
     judge reads them (`fit_clips`) and their conditioning labels ``(N,)``."""
     _check_generator(gen)
     rate = sample_rate_of(gen)
-    labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
-    seeds = list(range(per_class)) * gen.num_classes
-    out = []
-    for i in range(0, len(labels), batch_size):
-        out.append(fit_clips(gen.sample(labels[i: i + batch_size], seed=seeds[i: i + batch_size], **settings), rate))
-    return torch.cat(out), labels
-
-
-def clips_per_second(gen, batch: int, repeats: int = 2, **settings) -> float:
-    labels = torch.arange(batch) % gen.num_classes
-    gen.sample(labels[:1], seed=[0], **settings)  # warm-up
-    start = time.perf_counter()
-    for r in range(repeats):
-        gen.sample(labels, seed=list(range(r * batch, (r + 1) * batch)), **settings)
-    return batch * repeats / (time.perf_counter() - start)
+    return protocol.sample_per_class(gen, per_class, batch_size, lambda clips: fit_clips(clips, rate), **settings)
 
 
 def generator_rows(gen, per_class: int = 100, settings: dict | None = None, speed: bool = True,
                    split: str = "test", without_cfg: bool = True) -> list[list]:
     """The generator's rows: samples at `settings` (its defaults when None), and (`without_cfg`) the same with
     ``cfg_scale=1.0``."""
-    settings = dict(settings or {})
-    shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
-    clips, labels = sample_all(gen, per_class, **settings)
-    rate = "-"
-    if speed:
-        rate = f"{clips_per_second(gen, 1, **settings):.2f} / {clips_per_second(gen, 64, **settings):.1f}"
     tok = gen.paired_model()
-    rows = [_row(f"{gen.name}", shown, score(clips, labels, split, tokenizer=tok), rate)]
-    if not without_cfg:
-        return rows
-    no_cfg = {**settings, "cfg_scale": 1.0}
-    clips, labels = sample_all(gen, per_class, **no_cfg)
-    rows.append(_row(f"{gen.name}, no CFG", ", ".join(f"{k} {v}" for k, v in no_cfg.items()),
-                     score(clips, labels, split, tokenizer=tok)))
-    return rows
+    return protocol.rows_of_generator(
+        gen, sample=sample_all, score=lambda clips, labels: score(clips, labels, split, tokenizer=tok), row=_row,
+        per_class=per_class, settings=settings, speed=speed, without_cfg=without_cfg)
 
 
 PROMPT_SECONDS = 0.2  # prompted continuation: the first 0.2 s of a real clip's tokens
@@ -267,7 +243,7 @@ def continuation_row(gen, split: str = "test", prompt_seconds: float = PROMPT_SE
         seeds = list(range(i, i + len(batch)))
         out.append(fit_clips(gen.sample(labels[i: i + batch_size], prompt=prompt, seed=seeds, **(settings or {})),
                              rate))
-    shown = ", ".join(f"{k} {v}" for k, v in (settings or {}).items()) or "defaults"
+    shown = protocol.settings_text(settings or {})
     return _row(f"{gen.name}, continuing the first {prompt_seconds:g} s ({count} tokens) of each {split} clip",
                 shown, score(torch.cat(out), labels, split, tokenizer=tok))
 
@@ -276,13 +252,7 @@ def generation_table(generators: list, per_class: int = 100, settings: dict[str,
                      split: str = "test", speed: bool = True) -> dict:
     """The one audio table: reference rows, the paired tokenizers' reconstructions, then every generator; Fréchet
     and NN statistics against the real `split` (``"test"`` for reporting, ``"validation"`` for choosing settings)."""
-    rows = reference_rows(split)
-    seen = set()
-    for gen in generators:
-        tok = gen.paired_model()
-        if tok.name not in seen:
-            seen.add(tok.name)
-            rows.append(reconstruction_row(tok, split))
+    rows = reference_rows(split) + [reconstruction_row(tok, split) for tok in protocol.paired_models(generators)]
     for gen in generators:
         rows += generator_rows(gen, per_class, (settings or {}).get(gen.name), speed=speed, split=split)
         rows.append(continuation_row(gen, split, settings=(settings or {}).get(gen.name)))

@@ -81,56 +81,75 @@ def _row(name: str, settings: str, s: dict, speed: str = "-") -> list:
     return [name, settings, s["images"], s["accuracy"], s["frechet"], speed]
 
 
-def sample_all(gen, per_class: int, batch_size: int = 250, **settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """`per_class` samples of every class (sample k of a class uses seed k), in batches; images and labels."""
+def settings_text(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
+
+
+def sample_per_class(gen, per_class: int, batch_size: int, convert, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` samples of every class (sample k of a class uses seed k), in batches of `batch_size`, each batch
+    passed through `convert`; the samples and their labels ``(N,)`` (any modality)."""
     labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
     seeds = list(range(per_class)) * gen.num_classes
-    out = []
-    for i in range(0, len(labels), batch_size):
-        out.append(gen.sample(labels[i: i + batch_size], seed=seeds[i: i + batch_size], **settings).cpu())
+    out = [convert(gen.sample(labels[i: i + batch_size], seed=seeds[i: i + batch_size], **settings))
+           for i in range(0, len(labels), batch_size)]
     return torch.cat(out), labels
 
 
-def images_per_second(gen, batch: int, repeats: int = 2, **settings) -> float:
+def samples_per_second(gen, batch: int, repeats: int = 2, **settings) -> float:
+    """Samples/s of ``gen.sample`` at `batch` (after one warm-up sample), generation and decoding."""
     labels = torch.arange(batch) % gen.num_classes
-    gen.sample(labels[:1], seed=0, **settings)  # warm-up
+    gen.sample(labels[:1], seed=[0], **settings)  # warm-up
     start = time.perf_counter()
     for r in range(repeats):
         gen.sample(labels, seed=list(range(r * batch, (r + 1) * batch)), **settings)
     return batch * repeats / (time.perf_counter() - start)
 
 
+def rows_of_generator(gen, *, sample, score, row, per_class: int, settings: dict | None, speed: bool,
+                      without_cfg: bool) -> list[list]:
+    """A generator's rows in a protocol given by `sample(gen, per_class, **settings) -> (samples, labels)`,
+    `score(samples, labels) -> dict` and `row(name, settings_text, scores, speed) -> list`: samples at `settings`
+    (its defaults when None) with batch 1 / 64 speed, and (`without_cfg`) the same with ``cfg_scale=1.0``."""
+    settings = dict(settings or {})
+    samples, labels = sample(gen, per_class, **settings)
+    rate = "-"
+    if speed:
+        rate = f"{samples_per_second(gen, 1, **settings):.2f} / {samples_per_second(gen, 64, **settings):.1f}"
+    rows = [row(gen.name, settings_text(settings), score(samples, labels), rate)]
+    if without_cfg:
+        no_cfg = {**settings, "cfg_scale": 1.0}
+        samples, labels = sample(gen, per_class, **no_cfg)
+        rows.append(row(f"{gen.name}, no CFG", settings_text(no_cfg), score(samples, labels)))
+    return rows
+
+
+def paired_models(generators: list) -> list:
+    """The generators' paired tokenizers / autoencoders, each once, in order (their reconstruction rows)."""
+    out = {}
+    for gen in generators:
+        tok = gen.paired_model()
+        out.setdefault(tok.name, tok)
+    return list(out.values())
+
+
+def sample_all(gen, per_class: int, batch_size: int = 250, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` samples of every class (sample k of a class uses seed k), in batches; images and labels."""
+    return sample_per_class(gen, per_class, batch_size, lambda images: images.cpu(), **settings)
+
+
 def generator_rows(gen, per_class: int = 1000, settings: dict | None = None, speed: bool = True,
                    split: str = "test", without_cfg: bool = True) -> list[list]:
     """The generator's rows: samples at `settings` (its defaults when None), and (`without_cfg`) the same without
     CFG."""
-    settings = dict(settings or {})
-    shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
-    images, labels = sample_all(gen, per_class, **settings)
-    rate = "-"
-    if speed:
-        rate = f"{images_per_second(gen, 1, **settings):.2f} / {images_per_second(gen, 64, **settings):.1f}"
-    rows = [_row(f"{gen.name}", shown, score(images, labels, split), rate)]
-    if not without_cfg:
-        return rows
-    no_cfg = {**settings, "cfg_scale": 1.0}
-    images, labels = sample_all(gen, per_class, **no_cfg)
-    rows.append(_row(f"{gen.name}, no CFG", ", ".join(f"{k} {v}" for k, v in no_cfg.items()),
-                     score(images, labels, split)))
-    return rows
+    return rows_of_generator(gen, sample=sample_all, score=lambda images, labels: score(images, labels, split),
+                             row=_row, per_class=per_class, settings=settings, speed=speed, without_cfg=without_cfg)
 
 
 def generation_table(generators: list, per_class: int = 1000, settings: dict[str, dict] | None = None,
                      split: str = "test", speed: bool = True) -> dict:
     """The one table: reference rows, the paired tokenizers' reconstructions, then every generator; Fréchet distances
     against the real `split` (``"test"`` for reporting, ``"validation"`` for choosing settings)."""
-    rows = reference_rows(split)
-    seen = set()
-    for gen in generators:
-        tok = gen.paired_model()
-        if tok.name not in seen:
-            seen.add(tok.name)
-            rows.append(reconstruction_row(tok, split))
+    rows = reference_rows(split) + [reconstruction_row(tok, split) for tok in paired_models(generators)]
     for gen in generators:
         rows += generator_rows(gen, per_class, (settings or {}).get(gen.name), speed=speed, split=split)
     description = (

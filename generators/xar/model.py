@@ -249,6 +249,12 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
 
+def per_entity(x: torch.Tensor, entities: int) -> torch.Tensor:
+    """``(B, N, D)`` -> ``(B, E, N / E, D)``: positions grouped by entity (for per-entity modulation)."""
+    b, n, d = x.shape
+    return x.view(b, entities, n // entities, d)
+
+
 class Block(nn.Module):
     """Pre-norm block whose norms and branches are modulated per entity (AdaLN from the entity's condition)."""
 
@@ -268,14 +274,10 @@ class Block(nn.Module):
         e = cond.shape[1]
         # (B, E, 1, D) each: broadcast over the entity's positions
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond).view(b, e, 1, 6, d).unbind(3)
-
-        def per_entity(t: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, E, n, D)
-            return t.view(b, e, n // e, d)
-
-        h = (per_entity(self.norm1(x)) * (1 + scale1) + shift1).view(b, n, d)
-        x = x + (per_entity(self.attn(h, rope, mask, cache, start)) * gamma1).view(b, n, d)
-        h = (per_entity(self.norm2(x)) * (1 + scale2) + shift2).view(b, n, d)
-        return x + (per_entity(self.mlp(h)) * gamma2).view(b, n, d)
+        h = (per_entity(self.norm1(x), e) * (1 + scale1) + shift1).view(b, n, d)
+        x = x + (per_entity(self.attn(h, rope, mask, cache, start), e) * gamma1).view(b, n, d)
+        h = (per_entity(self.norm2(x), e) * (1 + scale2) + shift2).view(b, n, d)
+        return x + (per_entity(self.mlp(h), e) * gamma2).view(b, n, d)
 
 
 # ----------------------------------------------------------------------------------------------------------------
