@@ -6,9 +6,9 @@
     python scripts/generation_table.py llamagen-gpt-tiny-fashion --per-class 100 --json table.json
     python scripts/generation_table.py llamagen-gpt-tiny-fashion --split validation --per-class 100 --cfg 1 2 3 4
                                                                 # choose the CFG scale on the validation split
-    python scripts/generation_table.py token-shuffle-gpt-tiny-fashion --split validation --per-class 100 \
+    python scripts/generation_table.py token-shuffle-gpt-tiny-fashion --split validation --per-class 100 \\
         --cfg 2 3 --cfg-schedule constant half-linear                # and the CFG schedule
-    python scripts/generation_table.py tokenbridge-tiny-fashion --split validation --per-class 100 --cfg 2 3 \
+    python scripts/generation_table.py tokenbridge-tiny-fashion --split validation --per-class 100 --cfg 2 3 \\
         --temperature 0.9 1.0 --steps 16                             # and the temperature
     python scripts/generation_table.py xar-tiny-fashion --split validation --per-class 100 --cfg 2 3 --steps 10 20
     python scripts/generation_table.py local-dir:runs/xar-image/export --per-class 1000    # a model not registered

@@ -1,6 +1,6 @@
 """Train the spoken-digit classifier that judges every audio generator (`spoken-digit-classifier`), and export it.
 
-    python scripts/train_digit_classifier.py --out runs/digit-classifier-v2 --threads 1 \
+    python scripts/train_digit_classifier.py --out runs/digit-classifier-v2 --threads 1 \\
         --export weights/spoken-digit-classifier
 
 The recipe is generators/quality/audio_train.py on the zoo's one training loop (``--resume`` continues a run

@@ -1,7 +1,7 @@
 """Train a small KL VAE of MAR's architecture on Fashion-MNIST and export it, quantized post-training, as the
 bundled TokenBridge tokenizer `tokenbridge-kl-tiny-fashion`.
 
-    python scripts/train_kl_vae.py --out runs/kl-vae-fashion --export weights/tokenbridge-kl-tiny-fashion \
+    python scripts/train_kl_vae.py --out runs/kl-vae-fashion --export weights/tokenbridge-kl-tiny-fashion \\
         --export-vae weights/mar-kl-tiny-fashion
 
 ``--export-vae`` also writes the VAE alone (registry entry `mar-kl-tiny-fashion`, the autoencoder xAR generates

@@ -37,8 +37,9 @@ def main() -> None:
                         help="fine-tune: start the generator from this zoo model (registry name or folder) of the "
                              "same config; the discriminators start fresh")
     parser.add_argument("--data", default="speech", choices=["speech", "speech+spoken-digits"],
-                        help="train clips: zoo.data.speech('train'), or those and zoo.data.spoken_digits('train') "
-                             "(the same training voices and more; never a validation or test voice)")
+                        help="train clips: zoo.data.speech('train'), or those and zoo.data.spoken_digits('train'), "
+                             "each set drawn about equally often (the same training voices and more; never a "
+                             "validation or test voice)")
     add_config_arguments(parser, TrainConfig)
     args = parser.parse_args()
     if args.threads:
@@ -50,8 +51,9 @@ def main() -> None:
 
     with PartialState().main_process_first():  # the speech set is generated once, by the main process
         clips = data.speech("train")
-        if args.data == "speech+spoken-digits":
-            clips = clips + list(data.spoken_digits("train")[0])
+        if args.data == "speech+spoken-digits":  # each source drawn about equally often
+            digits = list(data.spoken_digits("train")[0])
+            clips = clips * max(1, round(len(digits) / len(clips))) + digits
     init_state = None
     if args.init:
         init = zoo.load(args.init)
