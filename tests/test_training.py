@@ -15,6 +15,7 @@ from accelerate.utils import ProjectConfiguration
 from tokenizers_audio.wavtokenizer.model import WavTokenizerConfig
 from tokenizers_audio.wavtokenizer.train import Discriminators, TrainConfig, model_from_checkpoint, train
 from zoo import training
+from zoo.checkpoints import CheckpointError
 
 from tests_helpers import assert_same_checkpoint, same
 from conftest import TINY_OVERRIDES
@@ -202,6 +203,23 @@ def test_wavtokenizer_resume_is_bit_exact(tmp_path, interrupt_after_save):
     assert all(torch.equal(v, whole.state_dict()[k]) for k, v in model.state_dict().items())
     whole.save_pretrained(tmp_path / "export")
     assert (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_wavtokenizer_fine_tunes_from_init_state(tmp_path):
+    """`init_state` starts the generator from trained weights (scripts/train_wavtokenizer.py --init): at lr 0 they
+    come back unchanged; a state dict of another shape is refused."""
+    base, _ = run(tmp_path / "base", steps=2)
+    tc = TrainConfig(steps=1, batch_size=2, crop_seconds=0.2, warmup_steps=1, mel_only_steps=0, disc_channels=4,
+                     save_every=1, log_every=1, lr=0.0)
+    tuned = train(WavTokenizerConfig(**CONFIG), tc, clips(), str(tmp_path / "ft"),
+                  accelerator=accelerator_for(tmp_path / "ft"), init_state=base.state_dict())
+    reference = base.state_dict()
+    for name, p in tuned.named_parameters():
+        assert torch.equal(p, reference[name]), name
+    other = {k: v for k, v in reference.items() if not k.startswith("backbone.")}
+    with pytest.raises(CheckpointError, match="missing"):
+        train(WavTokenizerConfig(**CONFIG), tc, clips(), str(tmp_path / "bad"),
+              accelerator=accelerator_for(tmp_path / "bad"), init_state=other)
 
 
 @pytest.mark.slow
