@@ -98,6 +98,18 @@ def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
     return obj
 
 
+def state_differences(state_dict: dict[str, torch.Tensor], model: torch.nn.Module
+                      ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """How `state_dict` differs from `model`'s: missing keys, unexpected keys (both sorted) and
+    ``(key, shape in state_dict, shape in model)`` for every shared key whose shapes differ (model order)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in expected.items()
+                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    return missing, unexpected, mismatched
+
+
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str,
               filter_fn: Callable[[dict, torch.nn.Module], dict] | None = None) -> torch.nn.Module:
     """Strictly load `state_dict` (optionally converted by `filter_fn`) into `model`.
@@ -109,14 +121,8 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, so
             state_dict = filter_fn(state_dict, model)
         except (KeyError, ValueError, AssertionError) as err:
             raise CheckpointError(f"{source}: cannot convert this checkpoint: {err}") from err
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
+    missing, unexpected, mismatched = state_differences(state_dict, model)
+    mismatched = [f"{k}: file {got} vs model {want}" for k, got, want in mismatched]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
@@ -137,15 +143,13 @@ def check_converted(state_dict: dict[str, torch.Tensor], model: torch.nn.Module,
     """The end of a ``checkpoint_filter_fn``: a converted `state_dict` must hold exactly `model`'s keys (else
     `KeyError`) with its shapes (else `ValueError`). `blocks` is the key prefix of the stacked blocks (such as
     ``"layers."``): the message counts the checkpoint's blocks against the model's `depth`."""
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    missing, unexpected, mismatched = state_differences(state_dict, model)
     if missing or unexpected:
         found = len({k[len(blocks):].split(".")[0] for k in state_dict if k.startswith(blocks)})
         raise KeyError(f"checkpoint and model differ: {len(missing)} missing keys (e.g. {missing[:4]}), "
                        f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}); the checkpoint has {found} "
                        f"{blocks.rstrip('.')} blocks, the model {depth}: is this the right entry?")
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state_dict.items()
-           if tuple(v.shape) != tuple(expected[k].shape)]
+    bad = [f"{k}: checkpoint {got} vs model {want}" for k, got, want in mismatched]
     if bad:
         raise ValueError(f"{len(bad)} shape mismatches ({'; '.join(bad[:4])}): {hint}")
 
